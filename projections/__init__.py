@@ -1,0 +1,1 @@
+"""Read models built from the events: plan state (inline), audit trail, health, analytics."""

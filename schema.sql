@@ -1,0 +1,78 @@
+-- Mapstream schema. Applied at every start-up (idempotent), under an advisory lock so that
+-- several instances starting together do not race. Every table is keyed by plan_id first so
+-- that the store can be sharded by plan.
+
+-- The event store. One row per event, never updated or deleted.
+CREATE TABLE IF NOT EXISTS events (
+    plan_id        text        NOT NULL,
+    version        integer     NOT NULL CHECK (version > 0),
+    -- Global order for readers of the whole log. A bigserial alone is not gap-free for
+    -- readers (position 11 can commit before 10), so readers also use transaction_id: see
+    -- read_log in server/store.py.
+    position       bigint      GENERATED ALWAYS AS IDENTITY,
+    transaction_id xid8        NOT NULL DEFAULT pg_current_xact_id(),
+    type           text        NOT NULL,
+    schema_version smallint    NOT NULL DEFAULT 1,
+    data           json        NOT NULL,  -- json, not jsonb: the exact bytes that were hashed
+    actor          text        NOT NULL,
+    command_id     text,
+    correlation_id text,
+    recorded_at    timestamptz NOT NULL,
+    -- NULL: both sides see the event; 'buyer' / 'seller': an internal item of that side.
+    audience       text        CHECK (audience IN ('buyer', 'seller')),
+    data_digest    text        NOT NULL,
+    hash           text        NOT NULL,
+    PRIMARY KEY (plan_id, version)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_position ON events (position);
+CREATE INDEX IF NOT EXISTS events_log ON events (transaction_id, position);
+CREATE INDEX IF NOT EXISTS events_recorded_at ON events (plan_id, recorded_at);
+
+-- The database itself refuses to change history, whatever the code does.
+CREATE OR REPLACE FUNCTION mapstream_refuse_change() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'events are immutable: % on events is refused', TG_OP
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = 'append a correcting event instead';
+END
+$$;
+CREATE OR REPLACE TRIGGER events_immutable
+    BEFORE UPDATE OR DELETE ON events
+    FOR EACH ROW EXECUTE FUNCTION mapstream_refuse_change();
+CREATE OR REPLACE TRIGGER events_no_truncate
+    BEFORE TRUNCATE ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION mapstream_refuse_change();
+REVOKE UPDATE, DELETE, TRUNCATE ON events FROM PUBLIC;
+
+-- Inline projection of each plan's current state, written in the append transaction
+-- (read-your-writes). It is a cache of fold(evolve, events) and can always be rebuilt.
+-- Its row also serialises writers of one plan: an append updates it WHERE version = base.
+CREATE TABLE IF NOT EXISTS plans (
+    plan_id     text        PRIMARY KEY,
+    version     integer     NOT NULL,
+    head_hash   text        NOT NULL,
+    state       json        NOT NULL,
+    created_at  timestamptz NOT NULL,
+    updated_at  timestamptz NOT NULL
+);
+
+-- Idempotency: the first answer to each client command id, per plan. The primary key makes a
+-- repeated command_id fail inside the append transaction, so two racing retries append once.
+CREATE TABLE IF NOT EXISTS commands (
+    plan_id       text        NOT NULL,
+    command_id    text        NOT NULL,
+    actor         text        NOT NULL,
+    version       integer     NOT NULL,   -- plan version after the command
+    first_version integer     NOT NULL,   -- its events are first_version .. version
+    recorded_at   timestamptz NOT NULL,
+    PRIMARY KEY (plan_id, command_id)
+);
+
+-- Checkpoints of asynchronous projections, committed with their read-model changes.
+CREATE TABLE IF NOT EXISTS checkpoints (
+    name           text    PRIMARY KEY,
+    transaction_id xid8    NOT NULL DEFAULT '0',
+    position       bigint  NOT NULL DEFAULT 0,
+    updated_at     timestamptz NOT NULL DEFAULT now()
+);

@@ -1,0 +1,119 @@
+"""`create_app(settings)`: builds pool, store and services in the lifespan, on `app.state`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from domain.errors import MapstreamError
+from server.codec import json_response
+from server.database import apply_schema, resolve_database_url, wait_for_database
+from server.errors import error_body, status_of
+from server.http import routes
+from server.plans import PlanService, Unavailable
+from server.settings import Settings
+from server.store import Store
+
+log = logging.getLogger(__name__)
+
+
+async def create_pool(settings: Settings, url: str) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        url,
+        min_size=settings.pool_min,
+        max_size=settings.pool_max,
+        command_timeout=30,
+        server_settings={
+            "application_name": "mapstream",
+            # a stuck writer would hold back every global-log reader: cut it off
+            "idle_in_transaction_session_timeout": str(settings.idle_in_transaction_ms),
+        },
+    )
+    assert pool is not None
+    return pool
+
+
+async def _seed_demo(app: Starlette, settings: Settings, url: str | None) -> None:
+    from datetime import UTC, datetime
+
+    from server.demo import BUYER, DEMO_PLAN_ID, SELLER, ensure_demo
+    from server.tokens import issue
+
+    created = await ensure_demo(app.state.plans, datetime.now(UTC).date())
+    ttl = settings.token_ttl_seconds
+    base = url or f"http://{settings.host}:{settings.port}"
+    lines = [
+        "",
+        f"  Mapstream is running at {base}",
+        f"  Demo plan: {base}/plans/{DEMO_PLAN_ID} ({'created now' if created else 'already there'})",
+        f"  Seller token ({SELLER}):",
+        f"    {issue(SELLER, settings.signing_secret, ttl)}",
+        f"  Buyer token ({BUYER}):",
+        f"    {issue(BUYER, settings.signing_secret, ttl)}",
+        "  Try:",
+        f"    curl -H 'Authorization: Bearer <seller token>' {base}/plans/{DEMO_PLAN_ID}",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def create_app(settings: Settings, *, demo: bool = False, announce: str | None = None) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        url, embedded = await asyncio.to_thread(
+            resolve_database_url, settings.database_url, settings.data_dir
+        )
+        await wait_for_database(url)
+        pool = await create_pool(settings, url)
+        async with pool.acquire() as conn:
+            await apply_schema(conn)
+        store = Store(pool)
+        app.state.settings = settings
+        app.state.embedded = embedded
+        app.state.store = store
+        app.state.plans = PlanService(store)
+        if demo:
+            await _seed_demo(app, settings, announce)
+        log.info("mapstream ready")
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, MapstreamError)
+        headers = {"Retry-After": "1"} if isinstance(exc, Unavailable) else None
+        return json_response(error_body(exc), status_code=status_of(exc), headers=headers)
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "malformed")
+        message = "no such route" if exc.status_code == 404 else str(exc.detail)
+        return json_response(
+            {"error": {"code": code, "message": message}}, status_code=exc.status_code
+        )
+
+    async def on_crash(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, OSError | asyncpg.InterfaceError | asyncpg.PostgresConnectionError):
+            err: Any = Unavailable("the database is not reachable right now; retry shortly")
+            return json_response(error_body(err), status_code=503, headers={"Retry-After": "1"})
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        body = {
+            "error": {"code": "internal", "message": "an unexpected error happened; it is logged"}
+        }
+        return json_response(body, status_code=500)
+
+    return Starlette(
+        routes=routes(),
+        lifespan=lifespan,
+        exception_handlers={MapstreamError: on_error, HTTPException: on_http, Exception: on_crash},
+    )

@@ -1,0 +1,79 @@
+"""The `mapstream` console script: serve, token, verify and friends. Each has --help."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from server.settings import load_settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.app import create_app
+    from server.logs import configure
+
+    settings = load_settings()
+    configure(settings.log_level)
+    host = args.host or settings.host
+    port = args.port or settings.port
+    app = create_app(settings, demo=args.demo, announce=f"http://{host}:{port}")
+    uvicorn.run(
+        app, host=host, port=port, log_config=None, ws="websockets-sansio", timeout_graceful_shutdown=5
+    )
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from server.tokens import issue
+
+    settings = load_settings()
+    ttl = args.ttl if args.ttl is not None else settings.token_ttl_seconds
+    print(issue(args.email, settings.signing_secret, ttl))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from server.tools import verify_plans
+
+    return asyncio.run(verify_plans(load_settings(), args.plan_id))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mapstream",
+        description="Mapstream: event-sourced mutual action plans with a live hub.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the HTTP API and WebSocket hub")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1, or MAPSTREAM_HOST)")
+    serve.add_argument("--port", type=int, help="port (default 8000, or MAPSTREAM_PORT)")
+    serve.add_argument("--demo", action="store_true", help="create the demo plan and print tokens")
+    serve.set_defaults(run=_serve)
+
+    token = sub.add_parser("token", help="print a signed bearer token for EMAIL")
+    token.add_argument("email")
+    token.add_argument("--ttl", type=int, help="lifetime in seconds (default 7 days)")
+    token.set_defaults(run=_token)
+
+    verify = sub.add_parser("verify", help="recompute hash chains (one plan, or every plan)")
+    verify.add_argument("plan_id", nargs="?")
+    verify.set_defaults(run=_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

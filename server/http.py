@@ -1,0 +1,202 @@
+"""HTTP routes: each decodes, delegates to the service, and encodes. Nothing else."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from domain.access import authorize
+from domain.errors import Malformed, MapstreamError, NotFound
+from domain.model import Plan, Side
+from domain.plans import CreatePlan
+from domain.visibility import view_for
+from server.codec import (
+    NewPlan,
+    check_plan_id,
+    decode,
+    decode_command,
+    json_response,
+    read_body,
+)
+from server.plans import CommandAnswer, PlanService, event_out, new_id
+from server.tokens import Unauthorized, verify
+
+_NEW_PLAN = msgspec.json.Decoder(NewPlan)
+
+
+def services(request: Request) -> PlanService:
+    svc: PlanService = request.app.state.plans
+    return svc
+
+
+def current_user(request: Request) -> str:
+    """The authenticated email, or 401. Every route but /healthz calls this first."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized(
+            "send `Authorization: Bearer <token>`; `mapstream token EMAIL` prints one"
+        )
+    return verify(token.strip(), request.app.state.settings.secrets).email
+
+
+async def plan_for_member(request: Request, user: str) -> tuple[Plan, Side]:
+    """The current plan and the caller's side; a non-member is told there is no such plan."""
+    plan_id = check_plan_id(request.path_params["plan_id"])
+    try:
+        plan = await services(request).current(plan_id)
+    except NotFound:
+        raise NotFound(f"no plan {plan_id!r} that you can see") from None
+    member = plan.member(user)
+    if member is None:
+        raise NotFound(f"no plan {plan_id!r} that you can see")
+    authorize(plan, user, "read")
+    return plan, member.side
+
+
+def answer_body(plan_id: str, answer: CommandAnswer, side: Side | None) -> dict[str, Any]:
+    return {
+        "plan_id": plan_id,
+        "version": answer.version,
+        "events": [event_out(e, side) for e in answer.events],
+    }
+
+
+async def create_plan(request: Request) -> Response:
+    """POST /plans: the caller becomes owner on `side`."""
+    user = current_user(request)
+    body = await read_body(request, request.app.state.settings.max_body_bytes)
+    new: NewPlan = decode(body, _NEW_PLAN)
+    if new.template_id is not None:
+        raise NotFound(f"no template {new.template_id!r}", field="template_id")
+    plan_id = check_plan_id(new.plan_id) if new.plan_id else new_id()
+    command = CreatePlan(
+        title=new.title,
+        buyer_org=new.buyer_org,
+        seller_org=new.seller_org,
+        side=new.side,
+        kind=new.kind,
+        value_statement=new.value_statement,
+        compelling_event=new.compelling_event,
+        name=new.name,
+    )
+    answer = await services(request).handle(
+        plan_id, command, user, command_id=new.command_id, expected_version=0
+    )
+    return json_response({"plan_id": plan_id, "version": answer.version}, status_code=201)
+
+
+async def post_command(request: Request) -> Response:
+    """POST /plans/{plan_id}/commands: decode, delegate, encode."""
+    user = current_user(request)
+    body = await read_body(request, request.app.state.settings.max_body_bytes)
+    envelope, command = decode_command(body)
+    plan, side = await plan_for_member(request, user)
+    answer = await services(request).handle(
+        plan.id,
+        command,
+        user,
+        command_id=envelope.command_id,
+        correlation_id=envelope.correlation_id or request.headers.get("x-correlation-id"),
+        expected_version=envelope.expected_version,
+    )
+    return json_response(answer_body(plan.id, answer, side))
+
+
+def _int_param(
+    request: Request, name: str, default: int | None, *, low: int = 0, high: int | None = None
+) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise Malformed(f"`{name}` must be a whole number", field=name) from None
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise Malformed(f"`{name}` must be {bound}", field=name)
+    return value
+
+
+def parse_time(raw: str, field: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise Malformed(
+            f"`{field}` must be an ISO-8601 time, e.g. 2026-06-03T12:00:00Z", field=field
+        ) from None
+    if at.tzinfo is None:
+        raise Malformed(f"`{field}` needs a time zone, e.g. 2026-06-03T12:00:00Z", field=field)
+    return at
+
+
+async def get_plan(request: Request) -> Response:
+    """GET /plans/{id}; ?version=N (or a tag name) or ?at=ISO-8601 gives the plan as it was."""
+    user = current_user(request)
+    plan, side = await plan_for_member(request, user)
+    svc = services(request)
+    version_param = request.query_params.get("version")
+    at_param = request.query_params.get("at")
+    if version_param and at_param:
+        raise Malformed("give `version` or `at`, not both", field="version")
+    state = plan
+    if version_param:
+        if version_param.isdigit():
+            version = int(version_param)
+        elif version_param in plan.tags:
+            version = plan.tags[version_param]
+        else:
+            raise NotFound(f"no version or tag {version_param!r}", field="version")
+        if version < 1:
+            raise Malformed("`version` starts at 1", field="version")
+        if version != plan.version:
+            state = await svc.at_version(plan.id, version)
+    elif at_param:
+        state = await svc.at_time(plan.id, parse_time(at_param, "at"))
+    return json_response(
+        {"plan_id": plan.id, "version": state.version, "state": view_for(state, side)}
+    )
+
+
+async def get_events(request: Request) -> Response:
+    """GET /plans/{id}/events?since=N&limit=M: the stream in version order."""
+    user = current_user(request)
+    plan, side = await plan_for_member(request, user)
+    since = _int_param(request, "since", 0) or 0
+    limit = _int_param(request, "limit", 1000, low=1, high=10_000)
+    events = await services(request).store.read_stream(plan.id, after=since, limit=limit)
+    return json_response(
+        {
+            "plan_id": plan.id,
+            "version": plan.version,
+            "events": [event_out(e, side) for e in events],
+        }
+    )
+
+
+async def healthz(request: Request) -> Response:
+    """Liveness and readiness: the database answers."""
+    try:
+        await request.app.state.store.pool.fetchval("SELECT 1")
+    except Exception as exc:  # any failure means not ready
+        return json_response({"status": "unavailable", "database": str(exc)}, status_code=503)
+    return json_response({"status": "ok", "database": "ok"})
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/plans", create_plan, methods=["POST"]),
+        Route("/plans/{plan_id}", get_plan, methods=["GET"]),
+        Route("/plans/{plan_id}/commands", post_command, methods=["POST"]),
+        Route("/plans/{plan_id}/events", get_events, methods=["GET"]),
+    ]
+
+
+__all__ = ["MapstreamError", "routes"]

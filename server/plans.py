@@ -1,0 +1,410 @@
+"""The plan service: decode -> decide -> append, with per-plan group commit.
+
+Commands for one plan are queued and appended by one flusher task at a time: it decides them
+in order against the cached state and writes the whole batch in one statement. A hot plan
+with many concurrent writers therefore pays one round trip and one commit per batch, not
+per command. Another instance appending first makes the batch stale: the flusher reloads
+the plan and decides the batch again (nothing was answered yet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from domain import chain
+from domain.base import Context, Event, Recorded
+from domain.decider import CREATES_ITEM, PlanCommand, decide, decode_event, evolve, fold
+from domain.errors import MapstreamError, NotFound, VersionConflict
+from domain.model import Plan
+from domain.visibility import audience
+from server.store import (
+    Appended,
+    DuplicateCommand,
+    NewCommand,
+    NewEvent,
+    Stale,
+    Store,
+    StoredEvent,
+)
+
+log = logging.getLogger(__name__)
+
+_MAX_BATCH = 128
+_MAX_RETRIES = 20
+_CACHE_PLANS = 2048
+
+_encoder = msgspec.json.Encoder()
+_plan_decoder = msgspec.json.Decoder(Plan)
+
+
+class Unavailable(MapstreamError):
+    """The database cannot be reached right now; retry with the same command_id."""
+
+    code = "unavailable"
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class EventOut(msgspec.Struct, frozen=True):
+    """An event as clients see it (GET /plans/{id}/events, the hub, command answers)."""
+
+    plan_id: str
+    version: int
+    position: int
+    type: str
+    data: msgspec.Raw
+    actor: str
+    command_id: str | None
+    recorded_at: datetime
+    hash: str
+    data_digest: str
+
+
+class RedactedOut(msgspec.Struct, frozen=True):
+    """An event of the other side's internal item: its place in the chain, no content."""
+
+    plan_id: str
+    version: int
+    position: int
+    data_digest: str
+    hash: str
+    recorded_at: datetime
+    type: str = "Redacted"
+
+
+def event_out(e: StoredEvent, side: str | None = None) -> EventOut | RedactedOut:
+    """`e` as `side` may see it (None: everything, for admins and auditors of the full log)."""
+    if side is not None and e.audience is not None and e.audience != side:
+        return RedactedOut(e.plan_id, e.version, e.position, e.data_digest, e.hash, e.recorded_at)
+    return EventOut(
+        plan_id=e.plan_id,
+        version=e.version,
+        position=e.position,
+        type=e.type,
+        data=msgspec.Raw(e.data.encode()),
+        actor=e.actor,
+        command_id=e.command_id,
+        recorded_at=e.recorded_at,
+        hash=e.hash,
+        data_digest=e.data_digest,
+    )
+
+
+class CommandAnswer(msgspec.Struct, frozen=True):
+    version: int
+    events: list[StoredEvent]
+
+
+def recorded(e: StoredEvent) -> Recorded:
+    return Recorded(
+        e.version, e.actor, e.recorded_at, decode_event(e.type, e.schema_version, e.data)
+    )
+
+
+@dataclass
+class _Pending:
+    command: PlanCommand
+    actor: str
+    command_id: str | None
+    correlation_id: str | None
+    expected_version: int | None
+    future: asyncio.Future[CommandAnswer]
+
+
+@dataclass
+class _Cached:
+    plan: Plan
+    head_hash: str
+    last_at: datetime
+
+
+@dataclass
+class _Writer:
+    queue: list[_Pending] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+
+
+class PlanService:
+    """Handles commands and reads for plans. One per process, built in the app lifespan."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_append: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.on_append = on_append
+        self._writers: dict[str, _Writer] = {}
+        self._cache: OrderedDict[str, _Cached] = OrderedDict()
+
+    # -- commands ---------------------------------------------------------------------------
+
+    async def handle(
+        self,
+        plan_id: str,
+        command: PlanCommand,
+        actor: str,
+        *,
+        command_id: str | None = None,
+        correlation_id: str | None = None,
+        expected_version: int | None = None,
+    ) -> CommandAnswer:
+        """Decide and append one command. Raises MapstreamError (domain, conflict, unavailable)."""
+        if type(command).__struct_config__.tag in CREATES_ITEM and not getattr(command, "id", ""):
+            command = msgspec.structs.replace(command, id=new_id())  # type: ignore[type-var]
+        loop = asyncio.get_running_loop()
+        pending = _Pending(
+            command, actor, command_id, correlation_id, expected_version, loop.create_future()
+        )
+        writer = self._writers.get(plan_id)
+        if writer is None:
+            writer = self._writers[plan_id] = _Writer()
+        writer.queue.append(pending)
+        if writer.task is None:
+            writer.task = asyncio.create_task(
+                self._flush_loop(plan_id, writer), name=f"flush:{plan_id}"
+            )
+        return await asyncio.shield(pending.future)
+
+    async def _flush_loop(self, plan_id: str, writer: _Writer) -> None:
+        try:
+            while writer.queue:
+                batch, writer.queue = writer.queue[:_MAX_BATCH], writer.queue[_MAX_BATCH:]
+                try:
+                    await self._flush(plan_id, batch)
+                except Exception as exc:
+                    self._cache.pop(plan_id, None)
+                    error = _as_client_error(exc)
+                    if not isinstance(error, MapstreamError) or isinstance(error, Unavailable):
+                        log.error(
+                            "append failed for plan %s: %s",
+                            plan_id,
+                            exc,
+                            extra={"plan_id": plan_id},
+                        )
+                    for p in batch:
+                        if not p.future.done():
+                            p.future.set_exception(error)
+        finally:
+            writer.task = None
+            if not writer.queue:
+                self._writers.pop(plan_id, None)
+
+    async def _cached(self, plan_id: str) -> _Cached:
+        cached = self._cache.get(plan_id)
+        if cached is not None:
+            self._cache.move_to_end(plan_id)
+            return cached
+        row = await self.store.load_plan(plan_id)
+        if row is None:
+            cached = _Cached(Plan(id=plan_id), chain.GENESIS, datetime.min.replace(tzinfo=UTC))
+        else:
+            cached = _Cached(_plan_decoder.decode(row.state), row.head_hash, row.updated_at)
+        self._remember(plan_id, cached)
+        return cached
+
+    def _remember(self, plan_id: str, cached: _Cached) -> None:
+        self._cache[plan_id] = cached
+        self._cache.move_to_end(plan_id)
+        while len(self._cache) > _CACHE_PLANS:
+            self._cache.popitem(last=False)
+
+    async def _flush(self, plan_id: str, batch: list[_Pending]) -> None:
+        for _attempt in range(_MAX_RETRIES):
+            batch = await self._answer_known_commands(plan_id, batch)
+            if not batch:
+                return
+            base = await self._cached(plan_id)
+            plan, head, at = base.plan, base.head_hash, max(self.clock(), base.last_at)
+            new_events: list[NewEvent] = []
+            new_commands: list[NewCommand] = []
+            outcomes: list[tuple[_Pending, int, int] | tuple[_Pending, MapstreamError]] = []
+            seen_ids: set[str] = set()
+            for p in batch:
+                if p.command_id is not None and p.command_id in seen_ids:
+                    # the same id twice in one batch: answer both from the first
+                    outcomes.append((p, -1, -1))
+                    continue
+                try:
+                    if p.expected_version is not None and p.expected_version != plan.version:
+                        raise VersionConflict(plan.version, p.expected_version)
+                    ctx = Context(actor=p.actor, now=at, member=plan.member(p.actor))
+                    events = decide(plan, p.command, ctx)
+                except MapstreamError as exc:
+                    outcomes.append((p, exc))
+                    continue
+                first = plan.version + 1
+                for event in events:
+                    version = plan.version + 1
+                    data = _encoder.encode(event).decode()
+                    digest = chain.data_digest(_tag(event), p.actor, data)
+                    head = chain.event_hash(head, plan_id, version, at, digest)
+                    new_events.append(
+                        NewEvent(
+                            version=version,
+                            type=_tag(event),
+                            schema_version=type(event).schema_version,
+                            data=data,
+                            actor=p.actor,
+                            command_id=p.command_id,
+                            correlation_id=p.correlation_id,
+                            audience=audience(plan, event),
+                            data_digest=digest,
+                            hash=head,
+                        )
+                    )
+                    plan = evolve(plan, Recorded(version, p.actor, at, event))
+                if p.command_id is not None and events:
+                    seen_ids.add(p.command_id)
+                    new_commands.append(NewCommand(p.command_id, p.actor, first, plan.version))
+                outcomes.append((p, first, plan.version))
+            if not new_events:
+                self._resolve(outcomes, [])
+                return
+            state = _encoder.encode(plan).decode()
+            try:
+                result = await self.store.append(
+                    plan_id, base.plan.version, head, state, at, new_commands, new_events
+                )
+            except DuplicateCommand:
+                self._cache.pop(plan_id, None)
+                continue  # answer the known ids from the store on the next pass
+            if isinstance(result, Stale):
+                log.info(
+                    "plan %s moved on under us (at v%s, cached v%s); deciding again",
+                    plan_id,
+                    result.current_version,
+                    base.plan.version,
+                    extra={"plan_id": plan_id},
+                )
+                self._cache.pop(plan_id, None)
+                continue
+            assert isinstance(result, Appended)
+            self._remember(plan_id, _Cached(plan, head, at))
+            stored = [
+                _stored(plan_id, e, pos, at)
+                for e, pos in zip(new_events, result.positions, strict=True)
+            ]
+            self._resolve(outcomes, stored)
+            if self.on_append is not None:
+                self.on_append(plan_id, plan.version)
+            return
+        raise Unavailable("the plan is too busy right now: retry with the same command_id")
+
+    def _resolve(self, outcomes: list[Any], stored: list[StoredEvent]) -> None:
+        by_version = {e.version: e for e in stored}
+        first_answer: dict[str, CommandAnswer] = {}
+        for outcome in outcomes:
+            p = outcome[0]
+            if p.future.done():
+                continue
+            if len(outcome) == 2:
+                p.future.set_exception(outcome[1])
+                continue
+            _, first, last = outcome
+            if first == -1:
+                continue
+            answer = CommandAnswer(last, [by_version[v] for v in range(first, last + 1)])
+            if p.command_id is not None:
+                first_answer[p.command_id] = answer
+            p.future.set_result(answer)
+        for outcome in outcomes:
+            p = outcome[0]
+            if not p.future.done() and len(outcome) == 3 and p.command_id in first_answer:
+                p.future.set_result(first_answer[p.command_id])
+
+    async def _answer_known_commands(self, plan_id: str, batch: list[_Pending]) -> list[_Pending]:
+        """Answer commands whose id was recorded before with their first answer; keep the rest."""
+        ids = [p.command_id for p in batch if p.command_id is not None]
+        if not ids:
+            return batch
+        known = await self.store.command_results(plan_id, ids)
+        if not known:
+            return batch
+        rest = []
+        for p in batch:
+            result = known.get(p.command_id) if p.command_id is not None else None
+            if result is None:
+                rest.append(p)
+                continue
+            events = await self.store.read_stream(
+                plan_id, after=result.first_version - 1, upto=result.version
+            )
+            if not p.future.done():
+                p.future.set_result(CommandAnswer(result.version, events))
+        return rest
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def current(self, plan_id: str) -> Plan:
+        """The inline projection: the state after the last committed append."""
+        row = await self.store.load_plan(plan_id)
+        if row is None:
+            raise NotFound(f"no plan {plan_id!r}")
+        return _plan_decoder.decode(row.state)
+
+    async def at_version(self, plan_id: str, version: int) -> Plan:
+        """The plan as it was at `version`: the fold of its first `version` events."""
+        events = await self.store.read_stream(plan_id, upto=version)
+        if not events:
+            raise NotFound(f"no plan {plan_id!r}")
+        if len(events) < version:
+            raise NotFound(f"plan {plan_id!r} has no version {version} (it is at {len(events)})")
+        return fold((recorded(e) for e in events), plan_id=plan_id)
+
+    async def at_time(self, plan_id: str, at: datetime) -> Plan:
+        version = await self.store.version_at(plan_id, at)
+        if version == 0:
+            raise NotFound(f"plan {plan_id!r} did not exist at {at.isoformat()}")
+        return await self.at_version(plan_id, version)
+
+
+def _tag(event: Event) -> str:
+    return str(type(event).__struct_config__.tag)
+
+
+def _stored(plan_id: str, e: NewEvent, position: int, at: datetime) -> StoredEvent:
+    return StoredEvent(
+        plan_id=plan_id,
+        version=e.version,
+        position=position,
+        transaction_id=0,
+        type=e.type,
+        schema_version=e.schema_version,
+        data=e.data,
+        actor=e.actor,
+        command_id=e.command_id,
+        correlation_id=e.correlation_id,
+        recorded_at=at,
+        audience=e.audience,
+        data_digest=e.data_digest,
+        hash=e.hash,
+    )
+
+
+def _as_client_error(exc: BaseException) -> BaseException:
+    if isinstance(exc, MapstreamError):
+        return exc
+    import asyncpg
+
+    if isinstance(exc, OSError | asyncpg.PostgresConnectionError | asyncpg.InterfaceError):
+        return Unavailable("the database is not reachable: retry with the same command_id")
+    if isinstance(exc, asyncpg.PostgresError) and str(getattr(exc, "sqlstate", "")).startswith(
+        "08"
+    ):
+        return Unavailable("the database connection was lost: retry with the same command_id")
+    return exc

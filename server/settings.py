@@ -1,0 +1,66 @@
+"""Settings: one frozen struct, read once from the environment."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import msgspec
+
+
+class Settings(msgspec.Struct, frozen=True):
+    database_url: str | None = None
+    secrets: tuple[str, ...] = ()
+    data_dir: str = ".data"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 256 * 1024
+    token_ttl_seconds: int = 7 * 24 * 3600
+    admins: frozenset[str] = frozenset()
+    pool_min: int = 2
+    pool_max: int = 20
+    idle_in_transaction_ms: int = 10_000
+    log_level: str = "info"
+
+    @property
+    def signing_secret(self) -> str:
+        return self.secrets[0]
+
+
+def _secrets(data_dir: str) -> tuple[str, ...]:
+    """MAPSTREAM_SECRET, comma-separated (first signs, all verify); else a local dev secret."""
+    raw = os.environ.get("MAPSTREAM_SECRET", "")
+    listed = tuple(s.strip() for s in raw.split(",") if s.strip())
+    if listed:
+        return listed
+    path = Path(data_dir) / "secret"
+    if path.exists():
+        return (path.read_text().strip(),)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(32)
+    path.write_text(secret)
+    path.chmod(0o600)
+    return (secret,)
+
+
+def load_settings(**overrides: object) -> Settings:
+    env = os.environ
+    data_dir = str(overrides.pop("data_dir", env.get("MAPSTREAM_DATA_DIR", ".data")))
+    values: dict[str, object] = {
+        "database_url": env.get("DATABASE_URL") or None,
+        "data_dir": data_dir,
+        "host": env.get("MAPSTREAM_HOST", "127.0.0.1"),
+        "port": int(env.get("MAPSTREAM_PORT", env.get("PORT", "8000"))),
+        "max_body_bytes": int(env.get("MAPSTREAM_MAX_BODY_BYTES", str(256 * 1024))),
+        "token_ttl_seconds": int(env.get("MAPSTREAM_TOKEN_TTL", str(7 * 24 * 3600))),
+        "admins": frozenset(
+            a.strip().lower() for a in env.get("MAPSTREAM_ADMINS", "").split(",") if a.strip()
+        ),
+        "pool_max": int(env.get("MAPSTREAM_POOL_MAX", "20")),
+        "log_level": env.get("MAPSTREAM_LOG_LEVEL", "info"),
+    }
+    values.update(overrides)
+    if "secrets" not in values:
+        values["secrets"] = _secrets(data_dir)
+    return msgspec.convert(values, type=Settings)

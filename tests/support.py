@@ -1,0 +1,166 @@
+"""Test plumbing: real PostgreSQL databases, real server processes, real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import uvicorn
+
+from server.app import create_app
+from server.settings import Settings, load_settings
+from server.tokens import issue
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "test-secret-for-mapstream-only-0123456789"
+
+
+def admin_url() -> str:
+    """A server to create test databases on: DATABASE_URL, or the embedded PostgreSQL."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        return url
+    from server.database import embedded_server
+
+    server = embedded_server(str(ROOT / ".data" / "test"))
+    return str(server.get_uri())
+
+
+def with_database(url: str, name: str) -> str:
+    """`url` pointing at database `name` (works for host:port and unix-socket URLs)."""
+    head, sep, query = url.partition("?")
+    base = head.rsplit("/", 1)[0] if head.count("/") > 2 else head
+    return f"{base}/{name}{sep}{query}"
+
+
+async def create_database(admin: str) -> str:
+    name = f"mapstream_test_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(admin)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return name
+
+
+async def drop_database(admin: str, name: str) -> None:
+    conn = await asyncpg.connect(admin)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def token(email: str, ttl: int = 3600) -> str:
+    return issue(email, SECRET, ttl)
+
+
+def auth(email: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(email)}"}
+
+
+def test_settings(database_url: str, tmp: Path, **overrides: Any) -> Settings:
+    return load_settings(
+        database_url=database_url,
+        secrets=(SECRET,),
+        data_dir=str(tmp),
+        **overrides,
+    )
+
+
+@asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[str]:
+    """The app under a real uvicorn on a free port, in this process. Yields its base URL."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        ws="websockets-sansio",
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("server did not start")
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
+
+
+class ServerProcess:
+    """A `mapstream serve` in its own process: for multi-instance and crash tests."""
+
+    def __init__(self, database_url: str, data_dir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.database_url = database_url
+        self.data_dir = data_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> ServerProcess:
+        env = {
+            **os.environ,
+            "DATABASE_URL": self.database_url,
+            "MAPSTREAM_SECRET": SECRET,
+            "MAPSTREAM_DATA_DIR": str(self.data_dir),
+            "MAPSTREAM_LOG_LEVEL": "warning",
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve", "--port", str(self.port)],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        async with httpx.AsyncClient() as client:
+            for _ in range(300):
+                if self.proc.poll() is not None:
+                    err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                    raise RuntimeError(f"server exited at start: {err[-2000:]}")
+                try:
+                    r = await client.get(f"{self.url}/healthz", timeout=1)
+                    if r.status_code == 200:
+                        return self
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise RuntimeError("server did not become healthy in 15 s")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                await asyncio.to_thread(self.proc.wait, 10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc is not None and self.proc.stderr is not None:
+            self.proc.stderr.close()
