@@ -22,7 +22,12 @@ def _serve(args: argparse.Namespace) -> int:
     port = args.port or settings.port
     app = create_app(settings, demo=args.demo, announce=f"http://{host}:{port}")
     uvicorn.run(
-        app, host=host, port=port, log_config=None, ws="websockets-sansio", timeout_graceful_shutdown=5
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        ws="websockets-sansio",
+        timeout_graceful_shutdown=5,
     )
     return 0
 

@@ -32,6 +32,12 @@ def _secrets(data_dir: str) -> tuple[str, ...]:
     """MAPSTREAM_SECRET, comma-separated (first signs, all verify); else a local dev secret."""
     raw = os.environ.get("MAPSTREAM_SECRET", "")
     listed = tuple(s.strip() for s in raw.split(",") if s.strip())
+    short = [n for n, s in enumerate(listed, 1) if len(s) < 32]
+    if short:
+        raise SystemExit(
+            f"MAPSTREAM_SECRET: secret #{short[0]} is shorter than 32 characters; "
+            "use e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+        )
     if listed:
         return listed
     path = Path(data_dir) / "secret"

@@ -24,7 +24,10 @@ from tests.support import (
 )
 
 settings.register_profile(
-    "ci", deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=40
+    "ci",
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    max_examples=40,
 )
 settings.load_profile("ci")
 

@@ -128,7 +128,7 @@ class ServerProcess:
             "MAPSTREAM_DATA_DIR": str(self.data_dir),
             "MAPSTREAM_LOG_LEVEL": "warning",
         }
-        self.proc = subprocess.Popen(
+        self.proc = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once
             [sys.executable, "-m", "server.cli", "serve", "--port", str(self.port)],
             env=env,
             cwd=ROOT,

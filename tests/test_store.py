@@ -1,0 +1,210 @@
+"""The event store on real PostgreSQL: append, idempotency, concurrency, immutability, chain."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import date
+
+import asyncpg
+import msgspec
+import pytest
+
+from domain import comments as co
+from domain import milestones as ms
+from domain import plans as pl
+from domain.chain import GENESIS
+from domain.errors import DomainError, VersionConflict
+from domain.model import Plan
+from projections.plan_state import rebuild
+from server.plans import PlanService, recorded
+from server.store import Store
+from server.tools import verify_plan
+
+OWNER = "owner@seller.example"
+
+
+def new_plan_id() -> str:
+    return f"p{uuid.uuid4().hex[:12]}"
+
+
+async def create(service: PlanService, plan_id: str | None = None) -> str:
+    plan_id = plan_id or new_plan_id()
+    await service.handle(
+        plan_id,
+        pl.CreatePlan(title="Deal", buyer_org="Buyer", seller_org="Seller", side="seller"),
+        OWNER,
+    )
+    return plan_id
+
+
+async def stored_state(store: Store, plan_id: str) -> Plan:
+    row = await store.load_plan(plan_id)
+    assert row is not None
+    return msgspec.json.decode(row.state, type=Plan)
+
+
+async def folded_state(store: Store, plan_id: str) -> Plan:
+    return rebuild(plan_id, (recorded(e) for e in await store.read_stream(plan_id)))
+
+
+async def test_created_plan_has_owner_and_contiguous_versions(service: PlanService, store: Store):
+    plan_id = await create(service)
+    events = await store.read_stream(plan_id)
+    assert [e.version for e in events] == [1, 2]
+    assert [e.type for e in events] == ["PlanCreated", "MemberAdded"]
+    state = await stored_state(store, plan_id)
+    assert state.member(OWNER) is not None and state.member(OWNER).role == "owner"  # type: ignore[union-attr]
+    assert state == await folded_state(store, plan_id)
+
+
+async def test_stale_expected_version_is_rejected_and_changes_nothing(
+    service: PlanService, store: Store
+):
+    plan_id = await create(service)
+    with pytest.raises(VersionConflict) as caught:
+        await service.handle(
+            plan_id, ms.AddMilestone(id="m1", title="Kickoff"), OWNER, expected_version=1
+        )
+    assert caught.value.current_version == 2
+    assert len(await store.read_stream(plan_id)) == 2
+    answer = await service.handle(
+        plan_id, ms.AddMilestone(id="m1", title="Kickoff"), OWNER, expected_version=2
+    )
+    assert answer.version == 3
+
+
+async def test_refused_command_appends_nothing(service: PlanService, store: Store):
+    plan_id = await create(service)
+    await service.handle(plan_id, ms.AddMilestone(id="m1", title="Kickoff"), OWNER)
+    await service.handle(plan_id, ms.CompleteMilestone(id="m1"), OWNER)
+    before = await stored_state(store, plan_id)
+    with pytest.raises(DomainError) as caught:
+        await service.handle(
+            plan_id, ms.RescheduleMilestone(id="m1", due=date(2030, 1, 1), reason="late"), OWNER
+        )
+    assert caught.value.rule == "done_is_final"
+    assert await stored_state(store, plan_id) == before
+
+
+async def test_repeated_command_id_returns_first_answer_and_appends_once(store: Store):
+    writer_a, writer_b = PlanService(store), PlanService(store)
+    plan_id = await create(writer_a)
+    cmd = co.AddComment(id="c1", item_id="plan", text="first")
+    answers = await asyncio.gather(
+        *(
+            (writer_a if n % 2 else writer_b).handle(plan_id, cmd, OWNER, command_id="same-id")
+            for n in range(12)
+        ),
+        return_exceptions=True,
+    )
+    assert all(not isinstance(a, BaseException) for a in answers), answers
+    versions = {a.version for a in answers}  # type: ignore[union-attr]
+    assert versions == {3}
+    events = await store.read_stream(plan_id)
+    assert [e.type for e in events].count("CommentAdded") == 1
+    # a retry long after still gets the first answer, with the same event
+    again = await PlanService(store).handle(plan_id, cmd, OWNER, command_id="same-id")
+    assert again.version == 3 and [e.hash for e in again.events] == [events[2].hash]
+
+
+@pytest.mark.parametrize("instances", [1, 3])
+async def test_concurrent_writers_on_one_plan_lose_nothing(store: Store, instances: int):
+    """25 writers, spread over several service instances (as over several servers)."""
+    services = [PlanService(store) for _ in range(instances)]
+    plan_id = await create(services[0])
+    writers, per_writer = 25, 8
+
+    async def writer(n: int) -> list[int]:
+        out = []
+        for k in range(per_writer):
+            svc = services[(n + k) % instances]
+            a = await svc.handle(
+                plan_id,
+                co.AddComment(id=f"c-{n}-{k}", item_id="plan", text=f"{n}/{k}"),
+                OWNER,
+                command_id=f"cmd-{n}-{k}",
+            )
+            out.append(a.version)
+        return out
+
+    results = await asyncio.gather(*(writer(n) for n in range(writers)))
+    events = await store.read_stream(plan_id)
+    assert [e.version for e in events] == list(range(1, 2 + writers * per_writer + 1))
+    comment_ids = [msgspec.json.decode(e.data)["id"] for e in events if e.type == "CommentAdded"]
+    assert sorted(comment_ids) == sorted(
+        f"c-{n}-{k}" for n in range(writers) for k in range(per_writer)
+    )
+    acknowledged = sorted(v for r in results for v in r)
+    assert acknowledged == list(range(3, 3 + writers * per_writer))
+    assert await stored_state(store, plan_id) == await folded_state(store, plan_id)
+    assert (await verify_plan(store, plan_id)).ok
+
+
+async def test_concurrent_writers_on_many_plans(store: Store):
+    services = [PlanService(store), PlanService(store)]
+    plan_ids = [await create(services[0]) for _ in range(20)]
+
+    async def writer(n: int) -> None:
+        for k in range(10):
+            await services[k % 2].handle(
+                plan_ids[n],
+                ms.AddMilestone(id=f"m{k}", title=f"Step {k}"),
+                OWNER,
+                command_id=f"{n}-{k}",
+            )
+
+    await asyncio.gather(*(writer(n) for n in range(20)))
+    for plan_id in plan_ids:
+        events = await store.read_stream(plan_id)
+        assert [e.version for e in events] == list(range(1, 13))
+        assert await stored_state(store, plan_id) == await folded_state(store, plan_id)
+
+
+async def test_concurrent_idempotent_retries_append_once(store: Store):
+    services = [PlanService(store) for _ in range(3)]
+    plan_id = await create(services[0])
+    tasks = [
+        services[n % 3].handle(
+            plan_id,
+            co.AddComment(id=f"c{k}", item_id="plan", text="hi"),
+            OWNER,
+            command_id=f"retry-{k}",
+        )
+        for k in range(10)
+        for n in range(5)
+    ]
+    answers = await asyncio.gather(*tasks)
+    by_id: dict[str, set[int]] = {}
+    for k in range(10):
+        for n in range(5):
+            by_id.setdefault(f"retry-{k}", set()).add(answers[k * 5 + n].version)
+    assert all(len(v) == 1 for v in by_id.values()), by_id
+    events = await store.read_stream(plan_id)
+    assert len(events) == 12
+
+
+async def test_events_cannot_be_updated_deleted_or_truncated(
+    service: PlanService, pool: asyncpg.Pool
+):
+    plan_id = await create(service)
+    for sql in (
+        "UPDATE events SET actor = 'mallory' WHERE plan_id = $1",
+        "DELETE FROM events WHERE plan_id = $1",
+    ):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="immutable"):
+            await pool.execute(sql, plan_id)
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="immutable"):
+        await pool.execute("TRUNCATE events")
+    assert await pool.fetchval("SELECT count(*) FROM events WHERE plan_id = $1", plan_id) == 2
+
+
+async def test_hash_chain_recomputes_and_links_each_event(service: PlanService, store: Store):
+    plan_id = await create(service)
+    await service.handle(plan_id, ms.AddMilestone(id="m1", title="Kickoff"), OWNER)
+    verdict = await verify_plan(store, plan_id)
+    events = await store.read_stream(plan_id)
+    assert verdict.ok and verdict.version == 3 and verdict.head_hash == events[-1].hash
+    row = await store.load_plan(plan_id)
+    assert row is not None and row.head_hash == events[-1].hash
+    assert events[0].hash != GENESIS and len({e.hash for e in events}) == 3
