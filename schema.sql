@@ -45,17 +45,24 @@ CREATE OR REPLACE TRIGGER events_no_truncate
     FOR EACH STATEMENT EXECUTE FUNCTION mapstream_refuse_change();
 REVOKE UPDATE, DELETE, TRUNCATE ON events FROM PUBLIC;
 
--- Inline projection of each plan's current state, written in the append transaction
--- (read-your-writes). It is a cache of fold(evolve, events) and can always be rebuilt.
--- Its row also serialises writers of one plan: an append updates it WHERE version = base.
+-- Inline projection of each plan's state, written in the append transaction (read-your-writes).
+-- It is a cache of fold(evolve, events) and can always be rebuilt. To keep appends O(1) in the
+-- size of a plan, the state is rewritten every few versions (state_version); readers fold
+-- the events after it. The row also serialises writers of one plan: an append updates it
+-- WHERE version = base.
 CREATE TABLE IF NOT EXISTS plans (
     plan_id     text        PRIMARY KEY,
     version     integer     NOT NULL,
     head_hash   text        NOT NULL,
+    -- the fold at state_version; the current state is it plus the few events after it
     state       json        NOT NULL,
+    state_version integer   NOT NULL DEFAULT 0,
     created_at  timestamptz NOT NULL,
     updated_at  timestamptz NOT NULL
 );
+
+-- added after the first release: databases created before it get the column here
+ALTER TABLE plans ADD COLUMN IF NOT EXISTS state_version integer NOT NULL DEFAULT 0;
 
 -- Idempotency: the first answer to each client command id, per plan. The primary key makes a
 -- repeated command_id fail inside the append transaction, so two racing retries append once.
@@ -76,3 +83,16 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     position       bigint  NOT NULL DEFAULT 0,
     updated_at     timestamptz NOT NULL DEFAULT now()
 );
+
+-- Presence: who is viewing which plan (and item) right now. Ephemeral, never an event:
+-- UNLOGGED, rows expire unless the instance holding the socket refreshes them.
+CREATE UNLOGGED TABLE IF NOT EXISTS presence (
+    plan_id    text        NOT NULL,
+    socket_id  text        NOT NULL,
+    user_email text        NOT NULL,
+    side       text        NOT NULL,
+    item_id    text,
+    expires_at timestamptz NOT NULL,
+    PRIMARY KEY (plan_id, socket_id)
+);
+CREATE INDEX IF NOT EXISTS presence_expiry ON presence (expires_at);

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from domain.base import Permission
-from domain.errors import Forbidden
+from domain.errors import Forbidden, NotFound
 from domain.model import Member, Plan, Role
 
 ALLOWED: dict[Role, frozenset[Permission]] = {
@@ -22,7 +22,8 @@ def authorize(plan: Plan, email: str, permission: Permission) -> Member:
     """The caller's membership, or Forbidden. Callers turn a non-member into 404 themselves."""
     member = plan.member(email)
     if member is None:
-        raise Forbidden("you are not a member of this plan")
+        # to a non-member the plan does not exist: its id reveals nothing
+        raise NotFound(f"no plan {plan.id!r} that you can see")
     if permission not in ALLOWED[member.role]:
         raise Forbidden(f"a {member.role} cannot {permission} this plan", role=member.role)
     return member

@@ -14,6 +14,7 @@ from domain.base import (
     Event,
     Unset,
     apply_changes,
+    as_json,
     changes_of,
     encoded_changes,
     previous_of,
@@ -134,7 +135,7 @@ def update_action_item(plan: Plan, cmd: UpdateActionItem, ctx: Context) -> list[
     current = plan.action_item(cmd.id)
     _visible_to_actor(current, ctx)
     if cmd.title is not UNSET:
-        require_text(cmd.title, "title")
+        cmd = msgspec.structs.replace(cmd, title=require_text(cmd.title, "title"))
     if cmd.owner is not UNSET:
         require_owner(plan, cmd.owner)
     changes = changes_of(cmd, current, _FIELDS)
@@ -153,7 +154,7 @@ def update_action_item(plan: Plan, cmd: UpdateActionItem, ctx: Context) -> list[
     encoded = encoded_changes(changes)
     item = None
     if changes.get("visibility") == "shared":
-        item = msgspec.to_builtins(apply_changes(current, encoded))
+        item = as_json(apply_changes(current, encoded))
     return [
         ActionItemUpdated(
             id=cmd.id, changes=encoded, previous=previous_of(current, changes), item=item

@@ -61,9 +61,15 @@ def changes_of(
     return out
 
 
+def as_json(value: Any) -> Any:
+    """`value` as it reads back from the stored JSON (lists, not tuples), so an event in
+    memory equals the same event decoded from the store."""
+    return msgspec.json.decode(msgspec.json.encode(value))
+
+
 def previous_of(current: msgspec.Struct, changes: dict[str, Any]) -> dict[str, Any]:
     """The values `changes` replaces, encoded for the event (auditors and webhooks need them)."""
-    return {name: msgspec.to_builtins(getattr(current, name)) for name in changes}
+    return {name: as_json(getattr(current, name)) for name in changes}
 
 
 def apply_changes(item: Any, changes: dict[str, Any]) -> Any:
@@ -73,4 +79,4 @@ def apply_changes(item: Any, changes: dict[str, Any]) -> Any:
 
 
 def encoded_changes(changes: dict[str, Any]) -> dict[str, Any]:
-    return {k: msgspec.to_builtins(v) for k, v in changes.items()}
+    return {k: as_json(v) for k, v in changes.items()}

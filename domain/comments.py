@@ -10,7 +10,7 @@ import msgspec
 from domain.base import Command, Context, Event
 from domain.errors import NotFound
 from domain.model import Comment, Plan
-from domain.rules import MAX_TEXT, require_new_id, require_text
+from domain.rules import MAX_TEXT, require_new_id, require_text, require_visible
 
 _MENTION = re.compile(r"@([A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,})")
 
@@ -44,6 +44,7 @@ def add_comment(plan: Plan, cmd: AddComment, ctx: Context) -> list[Event]:
     require_new_id(plan, cmd.id)
     if cmd.item_id != "plan" and not plan.has_item(cmd.item_id):
         raise NotFound(f"no item {cmd.item_id!r} to comment on", item_id=cmd.item_id)
+    require_visible(plan, cmd.item_id, ctx.member)
     text = require_text(cmd.text, "text", limit=MAX_TEXT)
     return [
         CommentAdded(id=cmd.id, item_id=cmd.item_id, text=text, mentions=mentions_in(plan, text))

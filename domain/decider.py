@@ -5,6 +5,7 @@ Both are pure: time, actor and new ids come in through the command and its conte
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from typing import Any, assert_never
 
@@ -101,7 +102,8 @@ def decide(plan: Plan, cmd: PlanCommand, ctx: Context) -> list[Event]:
         return pl.create_plan(plan, cmd, ctx)
     if not plan.exists:
         raise NotFound("no such plan")
-    authorize(plan, ctx.actor, cmd.permission)
+    # the membership the rules see is the one just authorized, whatever the caller passed
+    ctx = dataclasses.replace(ctx, member=authorize(plan, ctx.actor, cmd.permission))
     match cmd:
         case pl.UpdatePlan():
             return pl.update_plan(plan, cmd, ctx)

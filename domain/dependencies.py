@@ -7,7 +7,7 @@ import msgspec
 from domain.base import Command, Context, Event
 from domain.errors import DomainError, Malformed, NotFound
 from domain.model import Dependency, Plan
-from domain.rules import require_new_id, require_open
+from domain.rules import require_new_id, require_open, require_owner, require_visible
 
 
 class AddDependency(Command, frozen=True, tag="add_dependency"):
@@ -66,6 +66,8 @@ def add_dependency(plan: Plan, cmd: AddDependency, ctx: Context) -> list[Event]:
     require_new_id(plan, cmd.id)
     _schedulable(plan, cmd.from_id, "from_id")
     _schedulable(plan, cmd.to_id, "to_id")
+    require_visible(plan, cmd.from_id, ctx.member)
+    require_visible(plan, cmd.to_id, ctx.member)
     if cmd.from_id == cmd.to_id:
         raise Malformed("an item cannot depend on itself", field="to_id")
     if any(d.from_id == cmd.from_id and d.to_id == cmd.to_id for d in plan.dependencies.values()):
@@ -76,12 +78,7 @@ def add_dependency(plan: Plan, cmd: AddDependency, ctx: Context) -> list[Event]:
             f"{plan.item_title(cmd.from_id)!r} already waits on {plan.item_title(cmd.to_id)!r}: "
             "this dependency would make a cycle",
         )
-    if cmd.escalation_contact is not None and cmd.escalation_contact not in plan.stakeholders:
-        raise DomainError(
-            "owner_must_be_stakeholder",
-            f"escalation contact {cmd.escalation_contact!r} is not a stakeholder",
-            field="escalation_contact",
-        )
+    require_owner(plan, cmd.escalation_contact, "escalation_contact")
     return [
         DependencyAdded(
             id=cmd.id,
@@ -98,6 +95,7 @@ def remove_dependency(plan: Plan, cmd: RemoveDependency, ctx: Context) -> list[E
     require_open(plan)
     if cmd.id not in plan.dependencies:
         raise NotFound(f"no dependency {cmd.id!r} in this plan", item_id=cmd.id)
+    require_visible(plan, cmd.id, ctx.member)
     return [DependencyRemoved(id=cmd.id)]
 
 
@@ -116,4 +114,13 @@ def dependency_added(plan: Plan, e: DependencyAdded) -> Plan:
 def dependency_removed(plan: Plan, e: DependencyRemoved) -> Plan:
     deps = dict(plan.dependencies)
     del deps[e.id]
-    return msgspec.structs.replace(plan, dependencies=deps)
+    # Its discussion goes with it: an orphaned comment would lose the side it belongs to
+    # (and would hang off whatever item takes the id next). Replies follow their parent.
+    gone = {e.id}
+    comments = {}
+    for comment_id, comment in plan.comments.items():
+        if comment.item_id in gone:
+            gone.add(comment_id)
+        else:
+            comments[comment_id] = comment
+    return msgspec.structs.replace(plan, dependencies=deps, comments=comments)

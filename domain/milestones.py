@@ -133,7 +133,7 @@ def update_milestone(plan: Plan, cmd: UpdateMilestone, ctx: Context) -> list[Eve
     require_open(plan)
     current = plan.milestone(cmd.id)
     if cmd.title is not UNSET:
-        require_text(cmd.title, "title")
+        cmd = msgspec.structs.replace(cmd, title=require_text(cmd.title, "title"))
     _check_people(plan, cmd.owner, cmd.backup, cmd.approver)
     if cmd.status is not UNSET and cmd.status == "done" and current.status != "done":
         raise DomainError(

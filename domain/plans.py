@@ -126,10 +126,15 @@ def create_plan(plan: Plan, cmd: CreatePlan, ctx: Context) -> list[Event]:
 
 def update_plan(plan: Plan, cmd: UpdatePlan, ctx: Context) -> list[Event]:
     require_open(plan)
+    # trimmed as create_plan trims: " Title " is no change from "Title"
+    trimmed: dict[str, str] = {}
     for field in ("title", "buyer_org", "seller_org"):
         value = getattr(cmd, field)
         if value is not UNSET:
-            require_text(value, field)
+            trimmed[field] = require_text(value, field)
+    if cmd.value_statement is not UNSET:
+        trimmed["value_statement"] = cmd.value_statement.strip()
+    cmd = msgspec.structs.replace(cmd, **trimmed)
     changes = changes_of(cmd, plan, ("title", "buyer_org", "seller_org", "value_statement"))
     if not changes:
         return []

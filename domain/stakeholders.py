@@ -96,7 +96,10 @@ def update_stakeholder(plan: Plan, cmd: UpdateStakeholder, ctx: Context) -> list
     require_open(plan)
     current = plan.stakeholder(cmd.id)
     if cmd.name is not UNSET:
-        require_text(cmd.name, "name")
+        cmd = msgspec.structs.replace(cmd, name=require_text(cmd.name, "name"))
+    if cmd.email is not UNSET:
+        # stored lower-case, as add_stakeholder does, so @-mentions find them
+        cmd = msgspec.structs.replace(cmd, email=cmd.email.strip().lower())
     changes = changes_of(cmd, current, _FIELDS)
     if not changes:
         return []

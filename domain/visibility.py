@@ -14,16 +14,7 @@ from domain import action_items as ai
 from domain import comments as co
 from domain import dependencies as dep
 from domain.model import Plan, Side
-
-
-def item_audience(plan: Plan, item_id: str) -> Side | None:
-    item = plan.action_items.get(item_id)
-    if item is not None and item.visibility == "internal":
-        return item.internal_to
-    comment = plan.comments.get(item_id)
-    if comment is not None:
-        return item_audience(plan, comment.item_id)
-    return None
+from domain.rules import item_audience
 
 
 def audience(plan: Plan, event: Any) -> Side | None:
@@ -48,10 +39,7 @@ def audience(plan: Plan, event: Any) -> Side | None:
         case dep.DependencyAdded():
             return item_audience(plan, event.from_id) or item_audience(plan, event.to_id)
         case dep.DependencyRemoved():
-            d = plan.dependencies.get(event.id)
-            if d is None:
-                return None
-            return item_audience(plan, d.from_id) or item_audience(plan, d.to_id)
+            return item_audience(plan, event.id)
         case _:
             return None
 
@@ -72,7 +60,10 @@ def view_for(plan: Plan, side: Side) -> Plan:
     return msgspec.structs.replace(
         plan,
         action_items={k: v for k, v in plan.action_items.items() if k not in hidden},
-        comments={k: v for k, v in plan.comments.items() if v.item_id not in hidden},
+        # a reply hangs off a comment: follow the chain to the item it is about
+        comments={
+            k: v for k, v in plan.comments.items() if item_audience(plan, v.item_id) in (None, side)
+        },
         dependencies={
             k: v
             for k, v in plan.dependencies.items()

@@ -13,15 +13,21 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket
 
 from domain.errors import MapstreamError
 from server.codec import json_response
 from server.database import apply_schema, resolve_database_url, wait_for_database
 from server.errors import error_body, status_of
+from server.follower import LogFollower, Waker
 from server.http import routes
+from server.hub import Hub
 from server.plans import PlanService, Unavailable
+from server.presence import Presence
 from server.settings import Settings
 from server.store import Store
+from server.ws import Connection, WSSettings, on_membership, presence_broadcaster, shutdown_all
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +83,44 @@ def create_app(settings: Settings, *, demo: bool = False, announce: str | None =
         async with pool.acquire() as conn:
             await apply_schema(conn)
         store = Store(pool)
+        hub = Hub()
+        registry: set[Connection] = set()
+        waker = Waker(pool)
+        follower = LogFollower(store, hub.publish, database_url=url)
+
+        def appended(plan_id: str, version: int) -> None:
+            follower.wake()
+            waker.poke()
+
+        plans = PlanService(store, on_append=appended)
+        presence = Presence(pool, ttl=settings.presence_ttl, broadcast=presence_broadcaster(hub))
+        hub.on_membership = on_membership(hub, registry)
         app.state.settings = settings
         app.state.embedded = embedded
         app.state.store = store
-        app.state.plans = PlanService(store)
+        app.state.plans = plans
+        app.state.hub = hub
+        app.state.follower = follower
+        app.state.presence = presence
+        app.state.connections = registry
+        tasks = [
+            asyncio.create_task(waker.run(), name="waker"),
+            asyncio.create_task(follower.run(), name="log-follower"),
+            asyncio.create_task(
+                presence.run(url, lambda plan_id: bool(hub.subscribers(plan_id))), name="presence"
+            ),
+        ]
+        await follower.started.wait()
         if demo:
             await _seed_demo(app, settings, announce)
         log.info("mapstream ready")
         try:
             yield
         finally:
+            await shutdown_all(registry)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await pool.close()
 
     async def on_error(request: Request, exc: Exception) -> Response:
@@ -112,8 +146,25 @@ def create_app(settings: Settings, *, demo: bool = False, announce: str | None =
         }
         return json_response(body, status_code=500)
 
+    ws_settings = WSSettings(
+        queue_limit=settings.ws_queue_limit, subscribe_delay=settings.debug_subscribe_delay
+    )
+
+    async def websocket_endpoint(websocket: WebSocket) -> None:
+        state = websocket.app.state
+        conn = Connection(
+            websocket,
+            hub=state.hub,
+            plans=state.plans,
+            presence=state.presence,
+            secrets=settings.secrets,
+            settings=ws_settings,
+            registry=state.connections,
+        )
+        await conn.run()
+
     return Starlette(
-        routes=routes(),
+        routes=[*routes(), WebSocketRoute("/ws", websocket_endpoint)],
         lifespan=lifespan,
         exception_handlers={MapstreamError: on_error, HTTPException: on_http, Exception: on_crash},
     )

@@ -47,6 +47,20 @@ def _verify(args: argparse.Namespace) -> int:
     return asyncio.run(verify_plans(load_settings(), args.plan_id))
 
 
+def _watch(args: argparse.Namespace) -> int:
+    from server.client import FeedClosed, watch
+    from server.tokens import issue
+
+    settings = load_settings()
+    token = args.token or issue(args.as_user, settings.signing_secret, 3600)
+    try:
+        asyncio.run(watch(args.url, token, args.plan_id, args.since))
+    except FeedClosed as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mapstream",
@@ -68,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="recompute hash chains (one plan, or every plan)")
     verify.add_argument("plan_id", nargs="?")
     verify.set_defaults(run=_verify)
+
+    watch = sub.add_parser("watch", help="print a plan's events live (reconnects and resumes)")
+    watch.add_argument("plan_id")
+    watch.add_argument("--url", default="ws://127.0.0.1:8000/ws", help="hub URL")
+    token_group = watch.add_mutually_exclusive_group(required=True)
+    token_group.add_argument("--token", help="bearer token")
+    token_group.add_argument("--as", dest="as_user", help="sign a token for this email locally")
+    watch.add_argument("--since", type=int, help="replay events after this version first")
+    watch.set_defaults(run=_watch)
     return parser
 
 

@@ -31,6 +31,7 @@ from server.store import (
     DuplicateCommand,
     NewCommand,
     NewEvent,
+    PlanRow,
     Stale,
     Store,
     StoredEvent,
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 _MAX_BATCH = 128
 _MAX_RETRIES = 20
 _CACHE_PLANS = 2048
+# The stored inline state is rewritten when an append crosses a multiple of this many
+# versions; readers fold the (at most a few dozen) events after it.
+STATE_EVERY = 32
 
 _encoder = msgspec.json.Encoder()
 _plan_decoder = msgspec.json.Decoder(Plan)
@@ -209,11 +213,12 @@ class PlanService:
         if cached is not None:
             self._cache.move_to_end(plan_id)
             return cached
-        row = await self.store.load_plan(plan_id)
-        if row is None:
+        loaded = await self._load(plan_id)
+        if loaded is None:
             cached = _Cached(Plan(id=plan_id), chain.GENESIS, datetime.min.replace(tzinfo=UTC))
         else:
-            cached = _Cached(_plan_decoder.decode(row.state), row.head_hash, row.updated_at)
+            plan, row = loaded
+            cached = _Cached(plan, row.head_hash, row.updated_at)
         self._remember(plan_id, cached)
         return cached
 
@@ -224,11 +229,14 @@ class PlanService:
             self._cache.popitem(last=False)
 
     async def _flush(self, plan_id: str, batch: list[_Pending]) -> None:
-        for _attempt in range(_MAX_RETRIES):
-            batch = await self._answer_known_commands(plan_id, batch)
-            if not batch:
-                return
+        for attempt in range(_MAX_RETRIES):
+            # State first, then the known command ids: a retry whose first attempt committed
+            # before this load is then always found (one committed after makes us stale).
             base = await self._cached(plan_id)
+            if attempt > 0:
+                batch = await self._answer_known_commands(plan_id, batch)
+                if not batch:
+                    return
             plan, head, at = base.plan, base.head_hash, max(self.clock(), base.last_at)
             new_events: list[NewEvent] = []
             new_commands: list[NewCommand] = []
@@ -272,10 +280,16 @@ class PlanService:
                     seen_ids.add(p.command_id)
                     new_commands.append(NewCommand(p.command_id, p.actor, first, plan.version))
                 outcomes.append((p, first, plan.version))
+            refused = [o[0] for o in outcomes if len(o) == 2 and o[0].command_id is not None]
+            if refused:
+                # a refusal may be a retry of a command that already succeeded: first answer wins
+                await self._answer_known_commands(plan_id, refused)
             if not new_events:
                 self._resolve(outcomes, [])
                 return
-            state = _encoder.encode(plan).decode()
+            base_version = base.plan.version
+            crossed = base_version == 0 or plan.version // STATE_EVERY > base_version // STATE_EVERY
+            state = _encoder.encode(plan).decode() if crossed else None
             try:
                 result = await self.store.append(
                     plan_id, base.plan.version, head, state, at, new_commands, new_events
@@ -352,10 +366,21 @@ class PlanService:
 
     async def current(self, plan_id: str) -> Plan:
         """The inline projection: the state after the last committed append."""
+        loaded = await self._load(plan_id)
+        if loaded is None:
+            raise NotFound(f"no plan {plan_id!r}")
+        return loaded[0]
+
+    async def _load(self, plan_id: str) -> tuple[Plan, PlanRow] | None:
+        """The stored state brought up to the row's version with the few events after it."""
         row = await self.store.load_plan(plan_id)
         if row is None:
-            raise NotFound(f"no plan {plan_id!r}")
-        return _plan_decoder.decode(row.state)
+            return None
+        plan = _plan_decoder.decode(row.state)
+        if row.state_version < row.version:
+            tail = await self.store.read_stream(plan_id, after=row.state_version, upto=row.version)
+            plan = fold((recorded(e) for e in tail), plan)
+        return plan, row
 
     async def at_version(self, plan_id: str, version: int) -> Plan:
         """The plan as it was at `version`: the fold of its first `version` events."""

@@ -22,6 +22,9 @@ class Settings(msgspec.Struct, frozen=True):
     pool_max: int = 20
     idle_in_transaction_ms: int = 10_000
     log_level: str = "info"
+    ws_queue_limit: int = 1024
+    presence_ttl: float = 30.0
+    debug_subscribe_delay: float = 0.0
 
     @property
     def signing_secret(self) -> str:
@@ -65,6 +68,9 @@ def load_settings(**overrides: object) -> Settings:
         ),
         "pool_max": int(env.get("MAPSTREAM_POOL_MAX", "20")),
         "log_level": env.get("MAPSTREAM_LOG_LEVEL", "info"),
+        "ws_queue_limit": int(env.get("MAPSTREAM_WS_QUEUE", "1024")),
+        "presence_ttl": float(env.get("MAPSTREAM_PRESENCE_TTL", "30")),
+        "debug_subscribe_delay": float(env.get("MAPSTREAM_DEBUG_SUBSCRIBE_DELAY", "0")),
     }
     values.update(overrides)
     if "secrets" not in values:

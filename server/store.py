@@ -59,10 +59,13 @@ class NewCommand(msgspec.Struct, frozen=True):
 
 
 class PlanRow(msgspec.Struct, frozen=True):
+    """The inline projection row: `state` is the fold at `state_version` (<= `version`)."""
+
     plan_id: str
     version: int
     head_hash: str
     state: str
+    state_version: int
     updated_at: datetime
 
 
@@ -116,7 +119,9 @@ def _event(row: asyncpg.Record) -> StoredEvent:
 # aborts the statement) and inserts the events. Single statement = single round trip, atomic.
 _APPEND_EXISTING = """
 WITH moved AS (
-    UPDATE plans SET version = $3, head_hash = $4, state = $5::json, updated_at = $6
+    UPDATE plans SET version = $3, head_hash = $4, updated_at = $6,
+        state = COALESCE($5::json, state),
+        state_version = CASE WHEN $5::json IS NULL THEN state_version ELSE $3 END
     WHERE plan_id = $1 AND version = $2
     RETURNING plan_id
 ), cmds AS (
@@ -145,11 +150,13 @@ SELECT (SELECT count(*) FROM moved) AS moved,
 # A new plan: the plan row is inserted instead of moved; ON CONFLICT means someone created
 # the same plan id first.
 _APPEND_NEW = _APPEND_EXISTING.replace(
-    """UPDATE plans SET version = $3, head_hash = $4, state = $5::json, updated_at = $6
+    """UPDATE plans SET version = $3, head_hash = $4, updated_at = $6,
+        state = COALESCE($5::json, state),
+        state_version = CASE WHEN $5::json IS NULL THEN state_version ELSE $3 END
     WHERE plan_id = $1 AND version = $2
     RETURNING plan_id""",
-    """INSERT INTO plans (plan_id, version, head_hash, state, created_at, updated_at)
-    SELECT $1, $3, $4, $5::json, $6, $6 WHERE $2 = 0
+    """INSERT INTO plans (plan_id, version, head_hash, state, state_version, created_at, updated_at)
+    SELECT $1, $3, $4, $5::json, $3, $6, $6 WHERE $2 = 0
     ON CONFLICT (plan_id) DO NOTHING
     RETURNING plan_id""",
 )
@@ -163,14 +170,19 @@ class Store:
 
     async def load_plan(self, plan_id: str) -> PlanRow | None:
         row = await self.pool.fetchrow(
-            "SELECT plan_id, version, head_hash, state::text AS state, updated_at"
+            "SELECT plan_id, version, head_hash, state::text AS state, state_version, updated_at"
             " FROM plans WHERE plan_id = $1",
             plan_id,
         )
         if row is None:
             return None
         return PlanRow(
-            row["plan_id"], row["version"], row["head_hash"], row["state"], row["updated_at"]
+            row["plan_id"],
+            row["version"],
+            row["head_hash"],
+            row["state"],
+            row["state_version"],
+            row["updated_at"],
         )
 
     async def append(
@@ -178,12 +190,15 @@ class Store:
         plan_id: str,
         base_version: int,
         head_hash: str,
-        state: str,
+        state: str | None,
         recorded_at: datetime,
         commands: Sequence[NewCommand],
         events: Sequence[NewEvent],
     ) -> Appended | Stale:
         """Append `events` on top of `base_version` in one transaction, or say it is stale.
+
+        `state` (the fold at the new version) may be None: the stored state then stays at
+        its older version and readers fold the events after it.
 
         Raises DuplicateCommand when a command id was recorded before (nothing is written).
         """

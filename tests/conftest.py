@@ -19,7 +19,7 @@ from tests.support import (
     create_database,
     drop_database,
     running_app,
-    test_settings,
+    settings_for,
     with_database,
 )
 
@@ -71,7 +71,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 async def base_url(database_url: str, data_dir: Path) -> AsyncIterator[str]:
-    async with running_app(test_settings(database_url, data_dir)) as url:
+    async with running_app(settings_for(database_url, data_dir)) as url:
         yield url
 
 

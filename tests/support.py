@@ -75,7 +75,7 @@ def auth(email: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token(email)}"}
 
 
-def test_settings(database_url: str, tmp: Path, **overrides: Any) -> Settings:
+def settings_for(database_url: str, tmp: Path, **overrides: Any) -> Settings:
     return load_settings(
         database_url=database_url,
         secrets=(SECRET,),
@@ -113,12 +113,21 @@ async def running_app(settings: Settings) -> AsyncIterator[str]:
 class ServerProcess:
     """A `mapstream serve` in its own process: for multi-instance and crash tests."""
 
-    def __init__(self, database_url: str, data_dir: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        data_dir: Path,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.extra_env = env or {}
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.database_url = database_url
         self.data_dir = data_dir
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir / f"server-{self.port}.log"
+        self._log = open(self.log_path, "ab")
 
     async def start(self) -> ServerProcess:
         env = {
@@ -127,18 +136,19 @@ class ServerProcess:
             "MAPSTREAM_SECRET": SECRET,
             "MAPSTREAM_DATA_DIR": str(self.data_dir),
             "MAPSTREAM_LOG_LEVEL": "warning",
+            **self.extra_env,
         }
         self.proc = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once
             [sys.executable, "-m", "server.cli", "serve", "--port", str(self.port)],
             env=env,
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=self._log,
         )
         async with httpx.AsyncClient() as client:
             for _ in range(300):
                 if self.proc.poll() is not None:
-                    err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                    err = self.log_path.read_text(errors="replace")
                     raise RuntimeError(f"server exited at start: {err[-2000:]}")
                 try:
                     r = await client.get(f"{self.url}/healthz", timeout=1)
@@ -162,5 +172,8 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc is not None and self.proc.stderr is not None:
-            self.proc.stderr.close()
+        self._log.close()
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"

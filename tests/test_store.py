@@ -39,9 +39,13 @@ async def create(service: PlanService, plan_id: str | None = None) -> str:
 
 
 async def stored_state(store: Store, plan_id: str) -> Plan:
+    """The inline projection as readers get it, after checking its stored part is a true fold."""
     row = await store.load_plan(plan_id)
     assert row is not None
-    return msgspec.json.decode(row.state, type=Plan)
+    cached = msgspec.json.decode(row.state, type=Plan)
+    prefix = await store.read_stream(plan_id, upto=row.state_version)
+    assert cached == rebuild(plan_id, (recorded(e) for e in prefix))
+    return await PlanService(store).current(plan_id)
 
 
 async def folded_state(store: Store, plan_id: str) -> Plan:

@@ -90,8 +90,10 @@ async def _scenario(url: str, cmds: list[PlanCommand], expected: list[int | None
             assert row is not None
             events = await store.read_stream(plan_id)
             assert [e.version for e in events] == list(range(1, row.version + 1))
-            stored = msgspec.json.decode(row.state, type=Plan)
-            assert stored == rebuild(plan_id, (recorded(e) for e in events))
+            cached = msgspec.json.decode(row.state, type=Plan)
+            assert cached == rebuild(plan_id, (recorded(e) for e in events[: row.state_version]))
+            current = await PlanService(store).current(plan_id)
+            assert current == rebuild(plan_id, (recorded(e) for e in events))
     finally:
         await pool.close()
 

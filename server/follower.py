@@ -1,0 +1,131 @@
+"""Every instance follows the one global log and hands new events to its hub.
+
+Wake-ups never sit on the commit path: after an append commits, the writing instance pokes
+a `Waker` that sends one coalesced `NOTIFY mapstream_log` from its own connection. Followers
+LISTEN for it, and also poll on a short interval as a safety net (a lost notification, a
+dropped LISTEN connection, or events that were not yet below the xmin horizon when woken).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import asyncpg
+
+from server.store import LOG_START, LogCursor, Store, StoredEvent
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "mapstream_log"
+
+
+class Waker:
+    """Coalesced NOTIFY after commit: many appends in a burst cost one or two notifications."""
+
+    def __init__(self, pool: asyncpg.Pool, channel: str = CHANNEL) -> None:
+        self.pool = pool
+        self.channel = channel
+        self._dirty = asyncio.Event()
+        self.sent = 0
+
+    def poke(self) -> None:
+        self._dirty.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            try:
+                await self.pool.execute("SELECT pg_notify($1, '')", self.channel)
+                self.sent += 1
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("could not notify followers (they will poll): %s", exc)
+                await asyncio.sleep(0.5)
+
+
+class LogFollower:
+    """Reads the gap-free log from where this instance started and publishes it in order."""
+
+    def __init__(
+        self,
+        store: Store,
+        publish: Callable[[list[StoredEvent]], None],
+        *,
+        database_url: str,
+        poll_interval: float = 0.1,
+        batch: int = 500,
+    ) -> None:
+        self.store = store
+        self.publish = publish
+        self.database_url = database_url
+        self.poll_interval = poll_interval
+        self.batch = batch
+        self.cursor: LogCursor = LOG_START
+        self.started = asyncio.Event()
+        self._wake = asyncio.Event()
+        self.last_event_at: float | None = None
+        self.lag_seconds = 0.0
+        self.delivered = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Follow forever; survives database restarts by retrying with backoff."""
+        listener = asyncio.create_task(self._listen(), name="log-listener")
+        try:
+            while True:
+                try:
+                    self.cursor = await self.store.log_head()
+                    break
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("log follower cannot read the log head yet: %s", exc)
+                    await asyncio.sleep(0.5)
+            self.started.set()
+            while True:
+                try:
+                    events = await self.store.read_log(self.cursor, limit=self.batch)
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("log follower lost the database, retrying: %s", exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                if events:
+                    self.cursor = events[-1].cursor
+                    self.delivered += len(events)
+                    newest = events[-1].recorded_at.timestamp()
+                    self.lag_seconds = max(0.0, time.time() - newest)
+                    self.publish(events)
+                    if len(events) == self.batch:
+                        continue
+                else:
+                    self.lag_seconds = 0.0
+                self._wake.clear()
+                try:
+                    async with asyncio.timeout(self.poll_interval):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            listener.cancel()
+
+    async def _listen(self) -> None:
+        """A dedicated LISTEN connection; reconnects when it drops (polling covers the gap)."""
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self.database_url)
+                await conn.add_listener(CHANNEL, lambda *_: self._wake.set())
+                while True:  # a liveness probe notices a dead connection
+                    await asyncio.sleep(5.0)
+                    await conn.fetchval("SELECT 1", timeout=5)
+            except asyncio.CancelledError:
+                raise
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("log listener disconnected, reconnecting: %s", exc)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    conn.terminate()
+            await asyncio.sleep(0.5)
