@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("plan_id", nargs="?")
     verify.set_defaults(run=_verify)
 
+    from server import audit_cli
+
+    audit_cli.register(sub)
+
     watch = sub.add_parser("watch", help="print a plan's events live (reconnects and resumes)")
     watch.add_argument("plan_id")
     watch.add_argument("--url", default="ws://127.0.0.1:8000/ws", help="hub URL")

@@ -191,7 +191,11 @@ async def healthz(request: Request) -> Response:
 
 
 def routes() -> list[Route]:
+    from server import audit_routes, model_routes
+
     return [
+        *audit_routes.routes(),
+        *model_routes.routes(),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/plans", create_plan, methods=["POST"]),
         Route("/plans/{plan_id}", get_plan, methods=["GET"]),

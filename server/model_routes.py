@@ -1,0 +1,9 @@
+"""Plan-model routes (health, templates, fork, analytics). Registered by server.http.routes()."""
+
+from __future__ import annotations
+
+from starlette.routing import Route
+
+
+def routes() -> list[Route]:
+    return []
