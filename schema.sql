@@ -96,3 +96,21 @@ CREATE UNLOGGED TABLE IF NOT EXISTS presence (
     PRIMARY KEY (plan_id, socket_id)
 );
 CREATE INDEX IF NOT EXISTS presence_expiry ON presence (expires_at);
+
+-- Invites: how buyers get in without an account anywhere. Only a hash of the code is kept;
+-- accepting claims the row atomically (one-time) and appends a MemberAdded event.
+CREATE TABLE IF NOT EXISTS invites (
+    plan_id     text        NOT NULL,
+    invite_id   text        NOT NULL,
+    code_hash   text        NOT NULL UNIQUE,
+    side        text        NOT NULL CHECK (side IN ('buyer', 'seller')),
+    role        text        NOT NULL CHECK (role IN ('owner', 'editor', 'commenter', 'viewer')),
+    email       text,
+    created_by  text        NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    expires_at  timestamptz NOT NULL,
+    accepted_at timestamptz,
+    accepted_by text,
+    revoked_at  timestamptz,
+    PRIMARY KEY (plan_id, invite_id)
+);

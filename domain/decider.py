@@ -32,6 +32,7 @@ PlanCommand = (
     | pl.ActivatePlan
     | pl.ClosePlan
     | mem.AddMember
+    | mem.JoinPlan
     | mem.ChangeMemberRole
     | mem.RevokeMember
     | sh.AddStakeholder
@@ -102,6 +103,8 @@ def decide(plan: Plan, cmd: PlanCommand, ctx: Context) -> list[Event]:
         return pl.create_plan(plan, cmd, ctx)
     if not plan.exists:
         raise NotFound("no such plan")
+    if isinstance(cmd, mem.JoinPlan):
+        return mem.join_plan(plan, cmd, ctx)  # the server has checked the invite
     # the membership the rules see is the one just authorized, whatever the caller passed
     ctx = dataclasses.replace(ctx, member=authorize(plan, ctx.actor, cmd.permission))
     match cmd:
@@ -113,6 +116,8 @@ def decide(plan: Plan, cmd: PlanCommand, ctx: Context) -> list[Event]:
             return pl.activate_plan(plan, cmd, ctx)
         case pl.ClosePlan():
             return pl.close_plan(plan, cmd, ctx)
+        case mem.JoinPlan():
+            return mem.join_plan(plan, cmd, ctx)
         case mem.AddMember():
             return mem.add_member(plan, cmd, ctx)
         case mem.ChangeMemberRole():

@@ -19,6 +19,16 @@ class AddMember(Command, frozen=True, tag="add_member"):
     name: str = ""
 
 
+class JoinPlan(Command, frozen=True, tag="join_plan"):
+    """Accepting an invite. The server checks the invite; the joiner is the actor."""
+
+    permission = "read"
+    side: Side
+    role: Role
+    invite: str
+    name: str = ""
+
+
 class ChangeMemberRole(Command, frozen=True, tag="change_member_role"):
     permission = "manage"
     email: str
@@ -75,6 +85,16 @@ def add_member(plan: Plan, cmd: AddMember, ctx: Context) -> list[Event]:
             "already_member", f"{email} is already a member: change their role instead"
         )
     return [MemberAdded(email=email, side=cmd.side, role=cmd.role, name=cmd.name.strip())]
+
+
+def join_plan(plan: Plan, cmd: JoinPlan, ctx: Context) -> list[Event]:
+    email = ctx.actor
+    current = plan.member(email)
+    if current is not None:
+        if current.side != cmd.side:
+            raise DomainError("already_member", f"{email} is already a member on the {current.side} side")
+        return []
+    return [MemberAdded(email=email, side=cmd.side, role=cmd.role, name=cmd.name.strip(), invite=cmd.invite)]
 
 
 def change_member_role(plan: Plan, cmd: ChangeMemberRole, ctx: Context) -> list[Event]:

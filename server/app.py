@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,10 +20,12 @@ from starlette.websockets import WebSocket
 from domain.errors import MapstreamError
 from server.codec import json_response
 from server.database import apply_schema, resolve_database_url, wait_for_database
-from server.errors import error_body, status_of
+from server.errors import RateLimited, error_body, status_of
 from server.follower import LogFollower, Waker
 from server.http import routes
 from server.hub import Hub
+from server.invites import InviteStore
+from server.limits import RateLimiter
 from server.plans import PlanService, Unavailable
 from server.presence import Presence
 from server.settings import Settings
@@ -93,6 +96,10 @@ def create_app(settings: Settings, *, demo: bool = False, announce: str | None =
             waker.poke()
 
         plans = PlanService(store, on_append=appended)
+        limits = {
+            "command": RateLimiter(settings.command_rate, settings.command_burst),
+            "read": RateLimiter(settings.read_rate, settings.read_burst),
+        }
         presence = Presence(pool, ttl=settings.presence_ttl, broadcast=presence_broadcaster(hub))
         hub.on_membership = on_membership(hub, registry)
         app.state.settings = settings
@@ -103,6 +110,8 @@ def create_app(settings: Settings, *, demo: bool = False, announce: str | None =
         app.state.follower = follower
         app.state.presence = presence
         app.state.connections = registry
+        app.state.invites = InviteStore(pool)
+        app.state.limits = limits
         tasks = [
             asyncio.create_task(waker.run(), name="waker"),
             asyncio.create_task(follower.run(), name="log-follower"),
@@ -126,6 +135,10 @@ def create_app(settings: Settings, *, demo: bool = False, announce: str | None =
     async def on_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, MapstreamError)
         headers = {"Retry-After": "1"} if isinstance(exc, Unavailable) else None
+        if isinstance(exc, RateLimited):
+            headers = {
+                "Retry-After": str(max(1, math.ceil(float(exc.extra.get("retry_after", 1)))))
+            }
         return json_response(error_body(exc), status_code=status_of(exc), headers=headers)
 
     async def on_http(request: Request, exc: Exception) -> Response:
@@ -160,6 +173,7 @@ def create_app(settings: Settings, *, demo: bool = False, announce: str | None =
             secrets=settings.secrets,
             settings=ws_settings,
             registry=state.connections,
+            limiter=state.limits["command"],
         )
         await conn.run()
 

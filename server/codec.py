@@ -58,7 +58,7 @@ def decode_command(body: bytes) -> tuple[CommandEnvelope, PlanCommand]:
 
 def decode_command_data(kind: str, command_id: str, data: bytes | msgspec.Raw) -> PlanCommand:
     decoder = _DECODERS.get(kind)
-    if decoder is None or kind == "create_plan":
+    if decoder is None or kind in ("create_plan", "join_plan"):
         raise Malformed(f"unknown command type {kind!r}", field="type")
     if not command_id or len(command_id) > 200:
         raise Malformed("`command_id` must be 1 to 200 characters", field="command_id")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -11,8 +11,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from domain.access import authorize
-from domain.errors import Malformed, MapstreamError, NotFound
-from domain.model import Plan, Side
+from domain.errors import Forbidden, Malformed, MapstreamError, NotFound
+from domain.members import JoinPlan
+from domain.model import Plan, Role, Side
 from domain.plans import CreatePlan
 from domain.visibility import view_for
 from server.codec import (
@@ -23,8 +24,10 @@ from server.codec import (
     json_response,
     read_body,
 )
+from server.invites import Invite, InviteStore
 from server.plans import CommandAnswer, PlanService, event_out, new_id
-from server.tokens import Unauthorized, verify
+from server.store import LOG_START, LogCursor
+from server.tokens import Unauthorized, issue, verify
 
 _NEW_PLAN = msgspec.json.Decoder(NewPlan)
 
@@ -34,15 +37,17 @@ def services(request: Request) -> PlanService:
     return svc
 
 
-def current_user(request: Request) -> str:
-    """The authenticated email, or 401. Every route but /healthz calls this first."""
+def current_user(request: Request, *, limit: str = "read") -> str:
+    """The authenticated email, or 401; then its rate limit (`read` or `command`), or 429."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized(
             "send `Authorization: Bearer <token>`; `mapstream token EMAIL` prints one"
         )
-    return verify(token.strip(), request.app.state.settings.secrets).email
+    email = verify(token.strip(), request.app.state.settings.secrets).email
+    request.app.state.limits[limit].check(email)
+    return email
 
 
 async def plan_for_member(request: Request, user: str) -> tuple[Plan, Side]:
@@ -69,7 +74,7 @@ def answer_body(plan_id: str, answer: CommandAnswer, side: Side | None) -> dict[
 
 async def create_plan(request: Request) -> Response:
     """POST /plans: the caller becomes owner on `side`."""
-    user = current_user(request)
+    user = current_user(request, limit="command")
     body = await read_body(request, request.app.state.settings.max_body_bytes)
     new: NewPlan = decode(body, _NEW_PLAN)
     if new.template_id is not None:
@@ -93,7 +98,7 @@ async def create_plan(request: Request) -> Response:
 
 async def post_command(request: Request) -> Response:
     """POST /plans/{plan_id}/commands: decode, delegate, encode."""
-    user = current_user(request)
+    user = current_user(request, limit="command")
     body = await read_body(request, request.app.state.settings.max_body_bytes)
     envelope, command = decode_command(body)
     plan_id = check_plan_id(request.path_params["plan_id"])
@@ -181,6 +186,116 @@ async def get_events(request: Request) -> Response:
     )
 
 
+class NewInvite(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    side: Side
+    role: Role
+    email: str | None = None
+    expires_in: int | None = None
+
+
+_NEW_INVITE = msgspec.json.Decoder(NewInvite)
+
+
+class Acceptance(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    email: str
+
+
+_ACCEPTANCE = msgspec.json.Decoder(Acceptance)
+
+
+def invite_out(invite: Invite) -> dict[str, Any]:
+    return {**msgspec.to_builtins(invite), "status": invite.status}
+
+
+async def create_invite(request: Request) -> Response:
+    """POST /plans/{id}/invites: owners invite by one-time code (buyers need no account)."""
+    user = current_user(request, limit="command")
+    plan, _side = await plan_for_member(request, user)
+    authorize(plan, user, "manage")
+    settings = request.app.state.settings
+    new: NewInvite = decode(await read_body(request, settings.max_body_bytes), _NEW_INVITE)
+    ttl = new.expires_in if new.expires_in is not None else settings.invite_ttl_seconds
+    if not 60 <= ttl <= 90 * 24 * 3600:
+        raise Malformed("`expires_in` must be between 60 seconds and 90 days", field="expires_in")
+    email = new.email.strip().lower() if new.email else None
+    if email is not None and "@" not in email:
+        raise Malformed("`email` must be an email address", field="email")
+    code, invite = await request.app.state.invites.create(
+        plan.id, new.side, new.role, email, user, timedelta(seconds=ttl)
+    )
+    return json_response(
+        {"code": code, "accept": f"/invites/{code}/accept", **invite_out(invite)}, status_code=201
+    )
+
+
+async def list_invites(request: Request) -> Response:
+    user = current_user(request)
+    plan, _side = await plan_for_member(request, user)
+    authorize(plan, user, "manage")
+    invites = await request.app.state.invites.list(plan.id)
+    return json_response({"plan_id": plan.id, "invites": [invite_out(i) for i in invites]})
+
+
+async def revoke_invite(request: Request) -> Response:
+    user = current_user(request, limit="command")
+    plan, _side = await plan_for_member(request, user)
+    authorize(plan, user, "manage")
+    invite = await request.app.state.invites.revoke(plan.id, request.path_params["invite_id"])
+    return json_response(invite_out(invite))
+
+
+async def accept_invite(request: Request) -> Response:
+    """POST /invites/{code}/accept {name, email}: the code is the credential; answers a token."""
+    settings = request.app.state.settings
+    body: Acceptance = decode(await read_body(request, settings.max_body_bytes), _ACCEPTANCE)
+    email = body.email.strip().lower()
+    if "@" not in email or len(email) > 254:
+        raise Malformed("`email` must be an email address", field="email")
+    request.app.state.limits["command"].check(f"invite:{email}")
+    store: InviteStore = request.app.state.invites
+    invite = await store.claim(request.path_params["code"], email)
+    command = JoinPlan(side=invite.side, role=invite.role, invite=invite.invite_id, name=body.name)
+    try:
+        await services(request).handle(
+            invite.plan_id, command, email, command_id=f"invite:{invite.invite_id}"
+        )
+    except BaseException:
+        await store.release(invite.plan_id, invite.invite_id)
+        raise
+    token = issue(email, settings.signing_secret, settings.token_ttl_seconds)
+    return json_response(
+        {"token": token, "plan_id": invite.plan_id, "side": invite.side, "role": invite.role}
+    )
+
+
+async def read_log(request: Request) -> Response:
+    """GET /log?after=CURSOR&limit=M: the gap-free global log, for integrators (admins only)."""
+    user = current_user(request)
+    if user not in request.app.state.settings.admins:
+        raise Forbidden("the global log is for admins (MAPSTREAM_ADMINS)")
+    after = parse_cursor(request.query_params.get("after", ""))
+    limit = _int_param(request, "limit", 1000, low=1, high=request.app.state.settings.log_page_max)
+    events = await services(request).store.read_log(after, limit=limit or 1000)
+    cursor = format_cursor(events[-1].cursor) if events else format_cursor(after)
+    return json_response({"events": [event_out(e) for e in events], "next": cursor})
+
+
+def parse_cursor(raw: str) -> LogCursor:
+    if not raw:
+        return LOG_START
+    xid, _, position = raw.partition(".")
+    if not (xid.isdigit() and position.isdigit()):
+        raise Malformed(
+            "`after` is a cursor from a previous page's `next`, e.g. 1234.56", field="after"
+        )
+    return (int(xid), int(position))
+
+
+def format_cursor(cursor: LogCursor) -> str:
+    return f"{cursor[0]}.{cursor[1]}"
+
+
 async def healthz(request: Request) -> Response:
     """Liveness and readiness: the database answers."""
     try:
@@ -201,6 +316,11 @@ def routes() -> list[Route]:
         Route("/plans/{plan_id}", get_plan, methods=["GET"]),
         Route("/plans/{plan_id}/commands", post_command, methods=["POST"]),
         Route("/plans/{plan_id}/events", get_events, methods=["GET"]),
+        Route("/plans/{plan_id}/invites", create_invite, methods=["POST"]),
+        Route("/plans/{plan_id}/invites", list_invites, methods=["GET"]),
+        Route("/plans/{plan_id}/invites/{invite_id}/revoke", revoke_invite, methods=["POST"]),
+        Route("/invites/{code}/accept", accept_invite, methods=["POST"]),
+        Route("/log", read_log, methods=["GET"]),
     ]
 
 

@@ -42,9 +42,12 @@ log = logging.getLogger(__name__)
 _MAX_BATCH = 128
 _MAX_RETRIES = 20
 _CACHE_PLANS = 2048
-# The stored inline state is rewritten when an append crosses a multiple of this many
-# versions; readers fold the (at most a few dozen) events after it.
-STATE_EVERY = 32
+# The stored inline state is rewritten only once the events after it weigh half as much as
+# the state itself (and at least STATE_MIN_EVERY versions have passed): an append then costs
+# O(its events), not O(plan size), and a cold read folds a bounded tail. STATE_MAX_EVERY
+# caps the tail for plans of many tiny events.
+STATE_MIN_EVERY = 32
+STATE_MAX_EVERY = 2048
 
 _encoder = msgspec.json.Encoder()
 _plan_decoder = msgspec.json.Decoder(Plan)
@@ -131,6 +134,15 @@ class _Cached:
     plan: Plan
     head_hash: str
     last_at: datetime
+    state_version: int = 0  # version of the state stored in the plans row
+    state_bytes: int = 0  # its encoded size
+    tail_bytes: int = 0  # event data appended since
+
+    def state_is_due(self, new_version: int, added_bytes: int) -> bool:
+        behind = new_version - self.state_version
+        if self.state_version == 0 or behind >= STATE_MAX_EVERY:
+            return True
+        return behind >= STATE_MIN_EVERY and self.tail_bytes + added_bytes >= self.state_bytes // 2
 
 
 @dataclass
@@ -217,8 +229,10 @@ class PlanService:
         if loaded is None:
             cached = _Cached(Plan(id=plan_id), chain.GENESIS, datetime.min.replace(tzinfo=UTC))
         else:
-            plan, row = loaded
-            cached = _Cached(plan, row.head_hash, row.updated_at)
+            plan, row, tail_bytes = loaded
+            cached = _Cached(
+                plan, row.head_hash, row.updated_at, row.state_version, len(row.state), tail_bytes
+            )
         self._remember(plan_id, cached)
         return cached
 
@@ -287,9 +301,10 @@ class PlanService:
             if not new_events:
                 self._resolve(outcomes, [])
                 return
-            base_version = base.plan.version
-            crossed = base_version == 0 or plan.version // STATE_EVERY > base_version // STATE_EVERY
-            state = _encoder.encode(plan).decode() if crossed else None
+            added = sum(len(e.data) for e in new_events)
+            state = (
+                _encoder.encode(plan).decode() if base.state_is_due(plan.version, added) else None
+            )
             try:
                 result = await self.store.append(
                     plan_id, base.plan.version, head, state, at, new_commands, new_events
@@ -308,7 +323,13 @@ class PlanService:
                 self._cache.pop(plan_id, None)
                 continue
             assert isinstance(result, Appended)
-            self._remember(plan_id, _Cached(plan, head, at))
+            if state is not None:
+                after = _Cached(plan, head, at, plan.version, len(state), 0)
+            else:
+                after = _Cached(
+                    plan, head, at, base.state_version, base.state_bytes, base.tail_bytes + added
+                )
+            self._remember(plan_id, after)
             stored = [
                 _stored(plan_id, e, pos, at)
                 for e, pos in zip(new_events, result.positions, strict=True)
@@ -371,16 +392,20 @@ class PlanService:
             raise NotFound(f"no plan {plan_id!r}")
         return loaded[0]
 
-    async def _load(self, plan_id: str) -> tuple[Plan, PlanRow] | None:
-        """The stored state brought up to the row's version with the few events after it."""
+    async def _load(self, plan_id: str) -> tuple[Plan, PlanRow, int] | None:
+        """The stored state brought up to the row's version with the events after it.
+
+        Returns the plan, the row, and the size of the event data folded on top."""
         row = await self.store.load_plan(plan_id)
         if row is None:
             return None
         plan = _plan_decoder.decode(row.state)
+        tail_bytes = 0
         if row.state_version < row.version:
             tail = await self.store.read_stream(plan_id, after=row.state_version, upto=row.version)
             plan = fold((recorded(e) for e in tail), plan)
-        return plan, row
+            tail_bytes = sum(len(e.data) for e in tail)
+        return plan, row, tail_bytes
 
     async def at_version(self, plan_id: str, version: int) -> Plan:
         """The plan as it was at `version`: the fold of its first `version` events."""

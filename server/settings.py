@@ -25,6 +25,12 @@ class Settings(msgspec.Struct, frozen=True):
     ws_queue_limit: int = 1024
     presence_ttl: float = 30.0
     debug_subscribe_delay: float = 0.0
+    command_rate: float = 20.0
+    command_burst: int = 60
+    read_rate: float = 50.0
+    read_burst: int = 200
+    invite_ttl_seconds: int = 14 * 24 * 3600
+    log_page_max: int = 10_000
 
     @property
     def signing_secret(self) -> str:
@@ -71,6 +77,11 @@ def load_settings(**overrides: object) -> Settings:
         "ws_queue_limit": int(env.get("MAPSTREAM_WS_QUEUE", "1024")),
         "presence_ttl": float(env.get("MAPSTREAM_PRESENCE_TTL", "30")),
         "debug_subscribe_delay": float(env.get("MAPSTREAM_DEBUG_SUBSCRIBE_DELAY", "0")),
+        "command_rate": float(env.get("MAPSTREAM_COMMAND_RATE", "20")),
+        "command_burst": int(env.get("MAPSTREAM_COMMAND_BURST", "60")),
+        "read_rate": float(env.get("MAPSTREAM_READ_RATE", "50")),
+        "read_burst": int(env.get("MAPSTREAM_READ_BURST", "200")),
+        "invite_ttl_seconds": int(env.get("MAPSTREAM_INVITE_TTL", str(14 * 24 * 3600))),
     }
     values.update(overrides)
     if "secrets" not in values:

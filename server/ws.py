@@ -23,6 +23,7 @@ from domain.visibility import view_for
 from server.closecodes import CloseCode
 from server.codec import check_plan_id, decode_command_data
 from server.hub import Hub, Subscription, event_frame
+from server.limits import RateLimiter
 from server.plans import PlanService
 from server.presence import Presence, Viewer
 from server.tokens import Identity, Unauthorized, verify
@@ -58,6 +59,7 @@ class Connection:
         secrets: tuple[str, ...],
         settings: WSSettings,
         registry: set[Connection],
+        limiter: RateLimiter | None = None,
     ) -> None:
         from server.hub import Outbox
 
@@ -68,6 +70,7 @@ class Connection:
         self.secrets = secrets
         self.settings = settings
         self.registry = registry
+        self.limiter = limiter
         self.outbox = Outbox(settings.queue_limit)
         self.socket_id = uuid.uuid4().hex
         self.identity: Identity | None = None
@@ -301,6 +304,8 @@ class Connection:
         self.reply(op="unsubscribed", plan_id=plan_id)
 
     async def _command(self, msg: dict[str, Any]) -> None:
+        if self.limiter is not None:
+            self.limiter.check(self.user)
         plan_id = self._plan_id(msg)
         command_id = msg.get("command_id")
         if not isinstance(command_id, str):

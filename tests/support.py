@@ -76,12 +76,9 @@ def auth(email: str) -> dict[str, str]:
 
 
 def settings_for(database_url: str, tmp: Path, **overrides: Any) -> Settings:
-    return load_settings(
-        database_url=database_url,
-        secrets=(SECRET,),
-        data_dir=str(tmp),
-        **overrides,
-    )
+    # tests hammer the API as one user; the rate-limit tests set their own limits
+    values: dict[str, Any] = {"command_rate": 0.0, "read_rate": 0.0, **overrides}
+    return load_settings(database_url=database_url, secrets=(SECRET,), data_dir=str(tmp), **values)
 
 
 @asynccontextmanager
@@ -136,6 +133,8 @@ class ServerProcess:
             "MAPSTREAM_SECRET": SECRET,
             "MAPSTREAM_DATA_DIR": str(self.data_dir),
             "MAPSTREAM_LOG_LEVEL": "warning",
+            "MAPSTREAM_COMMAND_RATE": "0",
+            "MAPSTREAM_READ_RATE": "0",
             **self.extra_env,
         }
         self.proc = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once
