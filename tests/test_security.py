@@ -316,9 +316,9 @@ async def test_internal_items_never_reach_the_other_side(sec_base: str):
         frames: list[str] = []
         async with asyncio.timeout(5):
             while True:
-                raw = await buyer_ws.recv()
-                frames.append(str(raw))
-                m = json.loads(raw)
+                frame = str(await buyer_ws.recv())
+                frames.append(frame)
+                m = json.loads(frame)
                 if m["op"] == "event" and m["event"]["version"] == last:
                     break
         assert all(SECRET_TEXT not in f and '"secret"' not in f for f in frames)
