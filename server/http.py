@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from domain.access import authorize
@@ -296,6 +296,20 @@ def format_cursor(cursor: LogCursor) -> str:
     return f"{cursor[0]}.{cursor[1]}"
 
 
+async def openapi(request: Request) -> Response:
+    from server import openapi as doc
+
+    if not hasattr(request.app.state, "openapi"):
+        request.app.state.openapi = doc.build()
+    return json_response(request.app.state.openapi)
+
+
+async def docs(request: Request) -> Response:
+    from server.openapi import DOCS_HTML
+
+    return HTMLResponse(DOCS_HTML)
+
+
 async def healthz(request: Request) -> Response:
     """Liveness and readiness: the database answers."""
     try:
@@ -321,6 +335,8 @@ def routes() -> list[Route]:
         Route("/plans/{plan_id}/invites/{invite_id}/revoke", revoke_invite, methods=["POST"]),
         Route("/invites/{code}/accept", accept_invite, methods=["POST"]),
         Route("/log", read_log, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/docs", docs, methods=["GET"]),
     ]
 
 
