@@ -64,17 +64,12 @@ CREATE TABLE IF NOT EXISTS plans (
 -- added after the first release: databases created before it get the column here
 ALTER TABLE plans ADD COLUMN IF NOT EXISTS state_version integer NOT NULL DEFAULT 0;
 
--- Idempotency: the first answer to each client command id, per plan. The primary key makes a
--- repeated command_id fail inside the append transaction, so two racing retries append once.
-CREATE TABLE IF NOT EXISTS commands (
-    plan_id       text        NOT NULL,
-    command_id    text        NOT NULL,
-    actor         text        NOT NULL,
-    version       integer     NOT NULL,   -- plan version after the command
-    first_version integer     NOT NULL,   -- its events are first_version .. version
-    recorded_at   timestamptz NOT NULL,
-    PRIMARY KEY (plan_id, command_id)
-);
+-- Idempotency: each command's first event is flagged command_first, and a command id can be
+-- recorded once per plan: a repeated id fails inside the append statement, so two racing
+-- retries append once. The answer to a repeat is rebuilt from the command's events.
+ALTER TABLE events ADD COLUMN IF NOT EXISTS command_first boolean NOT NULL DEFAULT false;
+CREATE UNIQUE INDEX IF NOT EXISTS events_command_once ON events (plan_id, command_id)
+    WHERE command_first;
 
 -- Checkpoints of asynchronous projections, committed with their read-model changes.
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -113,4 +108,36 @@ CREATE TABLE IF NOT EXISTS invites (
     accepted_by text,
     revoked_at  timestamptz,
     PRIMARY KEY (plan_id, invite_id)
+);
+
+-- The audit trail read model: one human-readable row per event (projections/audit.py),
+-- written by the asynchronous projection runner with its checkpoint 'audit' in the same
+-- transaction. `row` is the whole row as the API returns it; the other columns filter.
+CREATE TABLE IF NOT EXISTS audit_trail (
+    plan_id     text        NOT NULL,
+    version     integer     NOT NULL,
+    position    bigint      NOT NULL,
+    recorded_at timestamptz NOT NULL,
+    type        text        NOT NULL,
+    actor       text        NOT NULL,
+    actor_name  text        NOT NULL,
+    items       text[]      NOT NULL,
+    -- NULL: both sides may read the row; 'buyer' / 'seller': that side only
+    audience    text,
+    row         json        NOT NULL,
+    PRIMARY KEY (plan_id, version)
+);
+CREATE INDEX IF NOT EXISTS audit_trail_time ON audit_trail (plan_id, recorded_at);
+
+-- Snapshots: the fold of a plan every few versions, so reading history is fast. A cache: used
+-- only when `hash` is the stored event's hash at `version` and `schema` is the fingerprint of
+-- the current Plan struct (projections/snapshots.py); anything else is ignored and rebuilt.
+CREATE TABLE IF NOT EXISTS snapshots (
+    plan_id    text        NOT NULL,
+    version    integer     NOT NULL,
+    schema     text        NOT NULL,
+    hash       text        NOT NULL,
+    state      json        NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (plan_id, schema, version)
 );
