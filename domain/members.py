@@ -92,9 +92,15 @@ def join_plan(plan: Plan, cmd: JoinPlan, ctx: Context) -> list[Event]:
     current = plan.member(email)
     if current is not None:
         if current.side != cmd.side:
-            raise DomainError("already_member", f"{email} is already a member on the {current.side} side")
+            raise DomainError(
+                "already_member", f"{email} is already a member on the {current.side} side"
+            )
         return []
-    return [MemberAdded(email=email, side=cmd.side, role=cmd.role, name=cmd.name.strip(), invite=cmd.invite)]
+    return [
+        MemberAdded(
+            email=email, side=cmd.side, role=cmd.role, name=cmd.name.strip(), invite=cmd.invite
+        )
+    ]
 
 
 def change_member_role(plan: Plan, cmd: ChangeMemberRole, ctx: Context) -> list[Event]:
