@@ -12,21 +12,25 @@ TWO `mapstream serve` processes and runs five phases:
 3. `--sockets` WebSocket clients subscribe (snapshot, then live) to the subscriber plans,
    spread evenly over both servers, held by `--clients` client processes of their own (so the
    measuring loop is not the bottleneck). Each server's RSS (/proc/PID/status VmRSS) before
-   and after, divided by its socket count: memory per idle socket.
-4. appends with subscribers: the same closed loop as 2, on the (subscribed) plans, so every
-   append is fanned out to the sockets while it runs. Ratio with/without.
+   and after, divided by its socket count: memory per idle socket. The clients offer
+   permessage-deflate as browsers do (`--compression none` to compare).
+4. appends with subscribers: the same closed loop as 2, on the subscribed plans, so every
+   append is fanned out to the sockets while it runs (`--closed-on other`: on plans nobody
+   subscribes to, the cost of connected sockets alone). Ratio with/without.
 5. fan-out: open-loop writers append at `--rate` events/s for `--seconds`, via HTTP to both
    servers in turn, round-robin over the plans. Each delivery's latency is the client's
    receive time minus the event's `recorded_at` (one clock: same machine). `recorded_at` is
    taken when the server decides the command, before the append transaction, so the figure
-   includes the commit itself and is an upper bound of commit -> socket.
+   includes the commit itself and is an upper bound of commit -> socket; the same deliveries
+   are also shown measured from the HTTP answer of their append (after the commit).
 
 Every client checks that each socket gets every version of its plan once, in order (a
 duplicate, a gap or a missing tail is a violation; a 4008/1012 close is resumed with `since`
-and counted as a reconnect). Then it prints the figures, the CPU use per process of every
-phase, and the targets as PASS/MISS. It prints and never asserts; compare figures from one
-run, as on a shared machine they depend on what else runs. Processes and the database are
-cleaned up even on failure or Ctrl-C.
+and counted as a reconnect). Then it prints the figures and the targets as PASS/MISS. Each
+phase prints the cores used by the servers, the client processes, the bench, PostgreSQL and
+other processes, and Linux CPU/IO pressure: on a shared machine the figures depend on what
+else runs, and a warning says so. It prints and never asserts. Processes and the database
+are cleaned up even on failure, Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import os
 import random
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -220,6 +225,9 @@ def _emit(msg: dict[str, Any]) -> None:
 
 
 async def worker_main() -> None:
+    # the bench stops its clients (a "stop" line, or end of stdin): a Ctrl-C meant for the
+    # bench must not kill them before it has collected their report
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise_fd_limit()
     loop = asyncio.get_running_loop()
     stdin = asyncio.StreamReader(limit=2**26)
@@ -261,9 +269,8 @@ async def worker_main() -> None:
                 expected = cmd["expected"]
                 windows = {}
                 for name, (t0, t1) in cmd["windows"].items():
-                    pick = [
-                        i for i, c in enumerate(st.recorded_at) if t0 <= c < t1
-                    ]  # deliveries of events recorded in the window
+                    # the deliveries of the events recorded in the window
+                    pick = [i for i, c in enumerate(st.recorded_at) if t0 <= c < t1]
                     windows[name] = [
                         base64.b64encode(array("d", (col[i] for i in pick)).tobytes()).decode()
                         for col in (st.recorded_at, st.received_at)
@@ -594,20 +601,37 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
-def postgres_pids() -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if (entry / "comm").read_text().strip() == "postgres":
-                    pids.append(int(entry.name))
-    return pids
-
-
-def cpu_pressure() -> float:
-    """Microseconds some runnable task waited for a CPU (Linux PSI), or -1 without PSI."""
+def parent_pid(pid: int) -> int:
     try:
-        some = Path("/proc/pressure/cpu").read_text().split("\n", 1)[0]
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return 0
+
+
+def postmaster_of(backend_pid: int) -> int:
+    """The local postmaster serving a backend, or 0 when PostgreSQL runs elsewhere."""
+    parent = parent_pid(backend_pid)
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{parent}/comm").read_text().strip() == "postgres":
+            return parent
+    return 0
+
+
+def children_of(parent: int) -> list[int]:
+    """`parent` and its child processes (a postmaster's backends and workers)."""
+    if not parent:
+        return []
+    return [parent] + [
+        int(e.name)
+        for e in Path("/proc").iterdir()
+        if e.name.isdigit() and parent_pid(int(e.name)) == parent
+    ]
+
+
+def pressure(kind: str) -> float:
+    """Microseconds some task waited for `kind` (cpu, io: Linux PSI), or -1 without PSI."""
+    try:
+        some = Path(f"/proc/pressure/{kind}").read_text().split("\n", 1)[0]
     except OSError:
         return -1.0
     return float(some.rsplit("total=", 1)[1])
@@ -626,28 +650,37 @@ class CpuMeter:
     # the most cores used by processes other than the bench's in any phase: a shared machine
     worst_other = 0.0
 
-    def __init__(self, groups: dict[str, list[int]]) -> None:
+    def __init__(self, groups: dict[str, list[int]], postmaster: int) -> None:
         self.groups = groups
+        self.postmaster = postmaster
 
     def snapshot(self) -> dict[str, float]:
-        snap = {name: sum(cpu_seconds(p) for p in pids) for name, pids in self.groups.items()}
-        snap["postgres"] = sum(cpu_seconds(p) for p in postgres_pids())
+        pids = {**self.groups, "postgres": children_of(self.postmaster)}
+        self.per_pid = {name: {p: cpu_seconds(p) for p in ps} for name, ps in pids.items()}
+        snap: dict[str, float] = {}
         snap["_busy"], snap["_total"] = machine_busy()
         snap["_wall"] = time.perf_counter()
-        snap["_pressure"] = cpu_pressure()
+        snap["_pressure"] = pressure("cpu")
+        snap["_io"] = pressure("io")
         return snap
 
     def start(self) -> None:
         self.begin = self.snapshot()
+        self.begin_pids = self.per_pid
 
     def stop(self) -> str:
         """One line: cores used per group, by other processes, and CPU pressure."""
         end = self.snapshot()
         wall = end["_wall"] - self.begin["_wall"]
         cores = os.cpu_count() or 1
+        # per process, so that one exiting (a PostgreSQL backend) does not count negative;
+        # one started during the phase counts from zero
         used = {
-            name: (end[name] - self.begin[name]) / wall for name in end if not name.startswith("_")
+            name: sum(t - self.begin_pids[name].get(p, 0.0) for p, t in times.items()) / wall
+            for name, times in self.per_pid.items()
         }
+        if not self.postmaster:
+            del used["postgres"]  # not on this machine
         busy = (
             cores
             * (end["_busy"] - self.begin["_busy"])
@@ -663,6 +696,9 @@ class CpuMeter:
         if end["_pressure"] >= 0:
             waited = (end["_pressure"] - self.begin["_pressure"]) / 1e6 / wall
             line += f"; some task waited for a CPU {waited:.0%} of the time"
+        if end["_io"] >= 0:
+            waited = (end["_io"] - self.begin["_io"]) / 1e6 / wall
+            line += f", for I/O {waited:.0%}"
         return line
 
 
@@ -727,6 +763,7 @@ async def run(args: argparse.Namespace) -> int:
         conn = await asyncpg.connect(url)
         try:
             pg = await conn.fetchval("SHOW server_version")
+            postmaster = postmaster_of(await conn.fetchval("SELECT pg_backend_pid()"))
         finally:
             await conn.close()
         say(
@@ -798,7 +835,9 @@ async def run(args: argparse.Namespace) -> int:
             f"[2/5] appends without subscribers: {args.writers} closed-loop writers,"
             f" {args.append_seconds:g} s, HTTP to server A, on {len(base_plans)} plans"
         )
-        meter = CpuMeter({"server A": pids[:1], "server B": pids[1:], "bench": [os.getpid()]})
+        meter = CpuMeter(
+            {"server A": pids[:1], "server B": pids[1:], "bench": [os.getpid()]}, postmaster
+        )
         meter.start()
         rate_without, w_without = await bench.closed_loop(
             ports[0], base_plans, progress_printer("no sockets", False)
@@ -847,7 +886,8 @@ async def run(args: argparse.Namespace) -> int:
                 "server B": pids[1:],
                 "clients": [w.proc.pid for w in workers if w.proc is not None],
                 "bench": [os.getpid()],
-            }
+            },
+            postmaster,
         )
         next_print = 0.0
         while (live := sum(w.stats["live"] for w in workers)) < args.sockets:
@@ -915,6 +955,7 @@ async def run(args: argparse.Namespace) -> int:
         say(
             f"[5/5] fan-out: {args.rate:g} events/s for {args.seconds:g} s, HTTP to A and B in"
             f" turn, round-robin over {len(fan_plans)} plans -> {args.sockets} sockets"
+            + (" (each plan written through one server)" if len(fan_plans) % 2 == 0 else "")
         )
         meter.start()
         fan_start, fan_sent, w_fan, max_lag = await bench.paced(
@@ -1014,6 +1055,10 @@ async def run(args: argparse.Namespace) -> int:
             f" {missing} missing at the end) over the whole run; {reconnects} reconnects"
             + (f", close codes {dict(codes)}" if codes else "")
         )
+        never_live = sum(r["never_live"] for r in reports)
+        behind_end = sum(r["behind_sockets"] for r in reports)
+        if never_live or behind_end:
+            say(f"  sockets never live: {never_live}; sockets behind at the end: {behind_end}")
         if errors:
             say(f"  client errors: {dict(errors)}")
         delivered_rate = len(fan_lat) / fan_seconds
@@ -1169,13 +1214,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+async def run_until_signal(args: argparse.Namespace) -> int:
+    """`run`, cancelled by SIGINT or SIGTERM so that its clean-up (processes, database) runs."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    received: list[int] = []
+
+    def stop(sig: int) -> None:
+        received.append(sig)
+        task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        return await run(args)
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        print(f"stopped by signal {received[0]}; servers, clients and database cleaned up")
+        return 130
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         if args.worker:
             asyncio.run(worker_main())
             return
-        sys.exit(asyncio.run(run(args)))
+        sys.exit(asyncio.run(run_until_signal(args)))
     except KeyboardInterrupt:
         sys.exit(130)
 
