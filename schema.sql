@@ -141,3 +141,17 @@ CREATE TABLE IF NOT EXISTS snapshots (
     created_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (plan_id, schema, version)
 );
+
+-- presence of an internal item: only that side may see which item a viewer is on
+ALTER TABLE presence ADD COLUMN IF NOT EXISTS item_side text;
+
+-- User templates: plan skeletons (domain/templates.py) saved with POST /templates or
+-- POST /plans/{id}/save-as-template. Built-in templates live in the code, not here. `body` is
+-- the msgspec-encoded Template; a template is visible to the user who saved it.
+CREATE TABLE IF NOT EXISTS templates (
+    template_id text        PRIMARY KEY,
+    created_by  text        NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    body        json        NOT NULL
+);
+CREATE INDEX IF NOT EXISTS templates_by_author ON templates (created_by, created_at);

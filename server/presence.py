@@ -24,6 +24,12 @@ class Viewer(msgspec.Struct, frozen=True, order=True):
     user: str
     side: str
     item_id: str | None = None
+    # set when item_id is an internal item: only this side may see which item it is
+    item_side: str | None = None
+
+    def as_seen_by(self, side: str) -> dict[str, str | None]:
+        shown = self.item_id if self.item_side in (None, side) else None
+        return {"user": self.user, "side": self.side, "item_id": shown}
 
 
 class Presence:
@@ -45,20 +51,28 @@ class Presence:
         self._last: dict[str, list[Viewer]] = {}
 
     async def set(
-        self, plan_id: str, socket_id: str, user: str, side: str, item_id: str | None
+        self,
+        plan_id: str,
+        socket_id: str,
+        user: str,
+        side: str,
+        item_id: str | None,
+        item_side: str | None = None,
     ) -> None:
         self.local[(plan_id, socket_id)] = (user, side, item_id)
         await self.pool.execute(
-            "INSERT INTO presence (plan_id, socket_id, user_email, side, item_id, expires_at)"
-            " VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))"
-            " ON CONFLICT (plan_id, socket_id) DO UPDATE"
-            " SET item_id = EXCLUDED.item_id, expires_at = EXCLUDED.expires_at",
+            "INSERT INTO presence"
+            " (plan_id, socket_id, user_email, side, item_id, item_side, expires_at)"
+            " VALUES ($1, $2, $3, $4, $5, $7, now() + make_interval(secs => $6))"
+            " ON CONFLICT (plan_id, socket_id) DO UPDATE SET item_id = EXCLUDED.item_id,"
+            " item_side = EXCLUDED.item_side, expires_at = EXCLUDED.expires_at",
             plan_id,
             socket_id,
             user,
             side,
             item_id,
             self.ttl,
+            item_side,
         )
         await self._notify(plan_id)
 
@@ -78,11 +92,13 @@ class Presence:
 
     async def viewers(self, plan_id: str) -> list[Viewer]:
         rows = await self.pool.fetch(
-            "SELECT DISTINCT ON (user_email) user_email, side, item_id FROM presence"
+            "SELECT DISTINCT ON (user_email) user_email, side, item_id, item_side FROM presence"
             " WHERE plan_id = $1 AND expires_at > now() ORDER BY user_email, expires_at DESC",
             plan_id,
         )
-        return sorted(Viewer(r["user_email"], r["side"], r["item_id"]) for r in rows)
+        return sorted(
+            Viewer(r["user_email"], r["side"], r["item_id"], r["item_side"]) for r in rows
+        )
 
     async def run(self, database_url: str, interested: Callable[[str], bool]) -> None:
         """Listen for changes, refresh our rows, expire dead ones, broadcast (throttled)."""

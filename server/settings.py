@@ -25,6 +25,7 @@ class Settings(msgspec.Struct, frozen=True):
     ws_queue_limit: int = 1024
     presence_ttl: float = 30.0
     debug_subscribe_delay: float = 0.0
+    ws_deflate: bool = False
     command_rate: float = 20.0
     command_burst: int = 60
     read_rate: float = 50.0
@@ -77,6 +78,7 @@ def load_settings(**overrides: object) -> Settings:
         "ws_queue_limit": int(env.get("MAPSTREAM_WS_QUEUE", "1024")),
         "presence_ttl": float(env.get("MAPSTREAM_PRESENCE_TTL", "30")),
         "debug_subscribe_delay": float(env.get("MAPSTREAM_DEBUG_SUBSCRIBE_DELAY", "0")),
+        "ws_deflate": env.get("MAPSTREAM_WS_DEFLATE", "0").lower() in ("1", "true", "yes"),
         "command_rate": float(env.get("MAPSTREAM_COMMAND_RATE", "20")),
         "command_burst": int(env.get("MAPSTREAM_COMMAND_BURST", "60")),
         "read_rate": float(env.get("MAPSTREAM_READ_RATE", "50")),

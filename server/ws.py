@@ -19,6 +19,7 @@ import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from domain.errors import Forbidden, Malformed, MapstreamError, NotFound
+from domain.rules import item_audience
 from domain.visibility import view_for
 from server.closecodes import CloseCode
 from server.codec import check_plan_id, decode_command_data
@@ -141,10 +142,12 @@ class Connection:
         return True
 
     async def _send_loop(self) -> None:
+        queue = self.outbox.queue
         while True:
-            frame = await self.outbox.queue.get()
+            frame = await queue.get()
             await self.ws.send_text(frame.decode())
-            self.outbox.queue.task_done()
+            del frame  # an idle socket keeps no reference to its last frame
+            queue.task_done()
 
     async def _read_loop(self) -> None:
         try:
@@ -335,18 +338,30 @@ class Connection:
         if sub is None:
             raise Malformed("subscribe to the plan before sending presence", field="plan_id")
         item_id = msg.get("item_id")
-        if item_id is not None and not isinstance(item_id, str):
-            raise Malformed("`item_id` must be a string", field="item_id")
-        await self.presence.set(plan_id, self.socket_id, self.user, sub.side, item_id)
+        if item_id is not None and (not isinstance(item_id, str) or len(item_id) > 200):
+            raise Malformed("`item_id` must be a string (at most 200 characters)", field="item_id")
+        item_side = None
+        if item_id is not None:
+            # which item the seller looks at is itself internal when the item is
+            plan = await self.plans.current(plan_id)
+            item_side = item_audience(plan, item_id)
+            if item_side is not None and item_side != sub.side:
+                raise NotFound(f"no item {item_id!r} in this plan", field="item_id")
+        await self.presence.set(plan_id, self.socket_id, self.user, sub.side, item_id, item_side)
 
 
 def presence_broadcaster(hub: Hub) -> Any:
     """Send a plan's viewers to its local subscribers (the other side's internal items hidden)."""
 
     def broadcast(plan_id: str, viewers: list[Viewer]) -> None:
+        frames: dict[str, bytes] = {}  # encoded once per side, not once per socket
         for sub in list(hub.subscribers(plan_id)):
             if sub.live:
-                sub.outbox.send(_frame(op="presence", plan_id=plan_id, viewers=viewers))
+                frame = frames.get(sub.side)
+                if frame is None:
+                    shown = [v.as_seen_by(sub.side) for v in viewers]
+                    frame = frames[sub.side] = _frame(op="presence", plan_id=plan_id, viewers=shown)
+                sub.outbox.send(frame)
 
     return broadcast
 

@@ -91,6 +91,7 @@ async def running_app(settings: Settings) -> AsyncIterator[str]:
         port=port,
         log_config=None,
         ws="websockets-sansio",
+        ws_per_message_deflate=settings.ws_deflate,
         lifespan="on",
     )
     server = uvicorn.Server(config)

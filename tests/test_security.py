@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -397,3 +398,52 @@ async def test_global_log_is_for_admins_and_pages_by_cursor(sec_base: str):
         assert (
             await http.get("/log", params={"after": "x"}, headers=auth(ADMIN))
         ).status_code == 400
+
+
+async def test_presence_never_tells_the_other_side_which_internal_item_is_open(sec_base: str):
+    async with httpx.AsyncClient(base_url=sec_base) as http:
+        plan_id = await plan_with_buyer(http)
+        await post(http, plan_id, "add_milestone", {"id": "m1", "title": "Business case"})
+        await post(
+            http,
+            plan_id,
+            "add_action_item",
+            {"id": "disc", "milestone_id": "m1", "title": "Discount", "visibility": "internal"},
+        )
+    ws_url = sec_base.replace("http", "ws") + "/ws"
+    async with connect(ws_url) as seller, connect(ws_url) as buyer:
+        for ws, who in ((seller, SELLER), (buyer, BUYER)):
+            await ws.send(json.dumps({"op": "auth", "token": token(who)}))
+            await ws.recv()
+            await ws.send(json.dumps({"op": "subscribe", "plan_id": plan_id}))
+        await seller.send(json.dumps({"op": "presence", "plan_id": plan_id, "item_id": "disc"}))
+
+        async def presence_frames(ws: Any, until: Any) -> list[list[dict[str, Any]]]:
+            frames: list[list[dict[str, Any]]] = []
+            async with asyncio.timeout(10):
+                while not frames or not until(frames[-1]):
+                    m = json.loads(await ws.recv())
+                    if m["op"] == "presence":
+                        frames.append(m["viewers"])
+            return frames
+
+        def seller_on_item(viewers: list[dict[str, Any]]) -> bool:
+            return {"user": SELLER, "side": "seller", "item_id": "disc"} in viewers
+
+        await presence_frames(seller, seller_on_item)  # the seller's own side sees the item
+        # the buyer gets the same change (the seller's item moved) but without the item
+        seen: list[list[dict[str, Any]]] = []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.5):
+                while True:
+                    m = json.loads(await buyer.recv())
+                    if m["op"] == "presence":
+                        seen.append(m["viewers"])
+        assert len(seen) >= 2, seen  # joined, then the seller's item change
+        assert all(v["item_id"] is None for viewers in seen for v in viewers if v["user"] == SELLER)
+        await buyer.send(json.dumps({"op": "presence", "plan_id": plan_id, "item_id": "disc"}))
+        while True:
+            m = json.loads(await buyer.recv())
+            if m["op"] == "error":
+                assert m["code"] == "not_found"
+                break
