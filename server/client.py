@@ -41,7 +41,9 @@ class PlanFeed:
         since: dict[str, int] | None = None,
         max_backoff: float = 2.0,
     ) -> None:
-        self.url = url
+        # several URLs (instances behind no load balancer): the next one is tried on failure
+        self.urls = [u.strip() for u in url.split(",") if u.strip()]
+        self.url = self.urls[0]
         self.token = token
         self.versions: dict[str, int | None] = {p: None for p in plan_ids}
         for plan_id, version in (since or {}).items():
@@ -102,6 +104,7 @@ class PlanFeed:
             if self._stop:
                 return
             self.reconnects += 1
+            self.url = self.urls[self.reconnects % len(self.urls)]
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, self.max_backoff)
 

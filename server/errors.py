@@ -53,3 +53,18 @@ def decode_error_to_malformed(exc: msgspec.DecodeError | msgspec.ValidationError
     elif "unknown field `" in text:
         extra["field"] = text.split("unknown field `", 1)[1].split("`")[0]
     return Malformed(text, **extra)
+
+
+def database_down(exc: BaseException) -> bool:
+    """True when `exc` means PostgreSQL is unreachable or going away (retrying later helps)."""
+    import asyncpg
+
+    if isinstance(
+        exc, OSError | TimeoutError | asyncpg.InterfaceError | asyncpg.PostgresConnectionError
+    ):
+        return True
+    sqlstate = str(getattr(exc, "sqlstate", "") or "")
+    # 08: connection exceptions; 57P01-57P03: admin shutdown, crash shutdown, cannot connect now
+    return isinstance(exc, asyncpg.PostgresError) and (
+        sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03")
+    )
