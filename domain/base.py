@@ -17,6 +17,9 @@ class Command(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field
     """A request to change a plan. Subclasses set `tag` to the snake_case wire name."""
 
     permission: ClassVar[Permission] = "edit"
+    # True for commands only the server issues (creating, joining, forking): clients cannot
+    # send them to POST /plans/{id}/commands or over the socket (see decider.COMMAND_TYPES).
+    server_only: ClassVar[bool] = False
 
 
 class Event(msgspec.Struct, frozen=True, tag_field="type"):

@@ -12,12 +12,18 @@ from typing import Any, assert_never
 import msgspec
 
 from domain import action_items as ai
+from domain import cadence as cad
 from domain import comments as co
 from domain import dependencies as dep
+from domain import endorsements as en
+from domain import forks as fk
 from domain import members as mem
 from domain import milestones as ms
+from domain import objectives as ob
 from domain import plans as pl
+from domain import risks as rk
 from domain import stakeholders as sh
+from domain import status_updates as su
 from domain import versions as ver
 from domain.access import authorize
 from domain.base import Context, Event, Recorded
@@ -31,6 +37,8 @@ PlanCommand = (
     | pl.SetCompellingEvent
     | pl.ActivatePlan
     | pl.ClosePlan
+    | fk.ForkPlan
+    | fk.RecordFork
     | mem.AddMember
     | mem.JoinPlan
     | mem.ChangeMemberRole
@@ -49,6 +57,13 @@ PlanCommand = (
     | ai.RescheduleActionItem
     | dep.AddDependency
     | dep.RemoveDependency
+    | ob.AddObjective
+    | ob.UpdateObjective
+    | rk.AddRisk
+    | rk.UpdateRisk
+    | cad.SetCadence
+    | su.PostStatusUpdate
+    | en.EndorsePlan
     | co.AddComment
     | ver.TagVersion
 )
@@ -60,6 +75,7 @@ PlanEvent = (
     | pl.CompellingEventSet
     | pl.PlanActivated
     | pl.PlanClosed
+    | fk.ChildPlanForked
     | mem.MemberAdded
     | mem.MemberRoleChanged
     | mem.MemberRevoked
@@ -77,6 +93,13 @@ PlanEvent = (
     | ai.ActionItemRescheduled
     | dep.DependencyAdded
     | dep.DependencyRemoved
+    | ob.ObjectiveAdded
+    | ob.ObjectiveUpdated
+    | rk.RiskAdded
+    | rk.RiskUpdated
+    | cad.CadenceSet
+    | su.StatusUpdatePosted
+    | en.PlanEndorsed
     | co.CommentAdded
     | ver.VersionTagged
 )
@@ -86,13 +109,17 @@ def _tags(union: Any) -> dict[str, type[Any]]:
     return {msgspec.inspect.type_info(t).tag: t for t in union.__args__}  # type: ignore[attr-defined]
 
 
-COMMAND_TYPES: dict[str, type[Any]] = _tags(PlanCommand)
+ALL_COMMAND_TYPES: dict[str, type[Any]] = _tags(PlanCommand)
+# What clients may send (POST /plans/{id}/commands, the socket): the server issues the rest.
+COMMAND_TYPES: dict[str, type[Any]] = {
+    name: t for name, t in ALL_COMMAND_TYPES.items() if not t.server_only
+}
 EVENT_TYPES: dict[str, type[Any]] = _tags(PlanEvent)
 
 # Commands that name a new item get a server id when the client chose none.
 CREATES_ITEM: frozenset[str] = frozenset(
     name
-    for name, t in COMMAND_TYPES.items()
+    for name, t in ALL_COMMAND_TYPES.items()
     if "id" in t.__struct_fields__ and name.startswith("add_")
 )
 
@@ -101,6 +128,8 @@ def decide(plan: Plan, cmd: PlanCommand, ctx: Context) -> list[Event]:
     """The events `cmd` causes, or a MapstreamError. `[]` means nothing changes."""
     if isinstance(cmd, pl.CreatePlan):
         return pl.create_plan(plan, cmd, ctx)
+    if isinstance(cmd, fk.ForkPlan):
+        return decide_all(plan, cmd.seeds, ctx, head=fk.fork_plan(plan, cmd, ctx))
     if not plan.exists:
         raise NotFound("no such plan")
     if isinstance(cmd, mem.JoinPlan):
@@ -116,6 +145,8 @@ def decide(plan: Plan, cmd: PlanCommand, ctx: Context) -> list[Event]:
             return pl.activate_plan(plan, cmd, ctx)
         case pl.ClosePlan():
             return pl.close_plan(plan, cmd, ctx)
+        case fk.RecordFork():
+            return fk.record_fork(plan, cmd, ctx)
         case mem.JoinPlan():
             return mem.join_plan(plan, cmd, ctx)
         case mem.AddMember():
@@ -152,12 +183,48 @@ def decide(plan: Plan, cmd: PlanCommand, ctx: Context) -> list[Event]:
             return dep.add_dependency(plan, cmd, ctx)
         case dep.RemoveDependency():
             return dep.remove_dependency(plan, cmd, ctx)
+        case ob.AddObjective():
+            return ob.add_objective(plan, cmd, ctx)
+        case ob.UpdateObjective():
+            return ob.update_objective(plan, cmd, ctx)
+        case rk.AddRisk():
+            return rk.add_risk(plan, cmd, ctx)
+        case rk.UpdateRisk():
+            return rk.update_risk(plan, cmd, ctx)
+        case cad.SetCadence():
+            return cad.set_cadence(plan, cmd, ctx)
+        case su.PostStatusUpdate():
+            return su.post_status_update(plan, cmd, ctx)
+        case en.EndorsePlan():
+            return en.endorse_plan(plan, cmd, ctx)
         case co.AddComment():
             return co.add_comment(plan, cmd, ctx)
         case ver.TagVersion():
             return ver.tag_version(plan, cmd, ctx)
         case _:
             assert_never(cmd)
+
+
+def decide_all(
+    plan: Plan, commands: Iterable[PlanCommand], ctx: Context, *, head: Iterable[Event] = ()
+) -> list[Event]:
+    """The events of `head` and then of each command, each decided on the plan the events
+    before it leave: all or nothing (the first refusal raises). A fork is decided this way
+    in one append; a template is tried out this way before any of it is stored."""
+    events = list(head)
+    plan = recorded_onto(plan, events, ctx)
+    for cmd in commands:
+        caused = decide(plan, cmd, ctx)
+        plan = recorded_onto(plan, caused, ctx)
+        events += caused
+    return events
+
+
+def recorded_onto(plan: Plan, events: Iterable[Event], ctx: Context) -> Plan:
+    """`plan` after `events`, recorded by the context's actor at its time."""
+    for event in events:
+        plan = evolve(plan, Recorded(plan.version + 1, ctx.actor, ctx.now, event))
+    return plan
 
 
 def evolve(plan: Plan, rec: Recorded) -> Plan:
@@ -185,6 +252,8 @@ def _apply(plan: Plan, rec: Recorded) -> Plan:
             return msgspec.structs.replace(plan, status="active")
         case pl.PlanClosed():
             return pl.plan_closed(plan, e, rec.at)
+        case fk.ChildPlanForked():
+            return fk.child_plan_forked(plan, e, rec.version, rec.actor, rec.at)
         case mem.MemberAdded():
             return mem.member_added(plan, e)
         case mem.MemberRoleChanged():
@@ -219,6 +288,20 @@ def _apply(plan: Plan, rec: Recorded) -> Plan:
             return dep.dependency_added(plan, e)
         case dep.DependencyRemoved():
             return dep.dependency_removed(plan, e)
+        case ob.ObjectiveAdded():
+            return ob.objective_added(plan, e)
+        case ob.ObjectiveUpdated():
+            return ob.objective_updated(plan, e)
+        case rk.RiskAdded():
+            return rk.risk_added(plan, e)
+        case rk.RiskUpdated():
+            return rk.risk_updated(plan, e)
+        case cad.CadenceSet():
+            return cad.cadence_set(plan, e)
+        case su.StatusUpdatePosted():
+            return su.status_update_posted(plan, e, rec.actor, rec.at)
+        case en.PlanEndorsed():
+            return en.plan_endorsed(plan, e, rec.actor, rec.at)
         case co.CommentAdded():
             return co.comment_added(plan, e, rec.actor, rec.at)
         case ver.VersionTagged():

@@ -22,6 +22,7 @@ class AddMember(Command, frozen=True, tag="add_member"):
 class JoinPlan(Command, frozen=True, tag="join_plan"):
     """Accepting an invite. The server checks the invite; the joiner is the actor."""
 
+    server_only = True
     permission = "read"
     side: Side
     role: Role

@@ -23,6 +23,8 @@ ItemStatus = Literal["not_started", "in_progress", "blocked", "done"]
 DeadlineKind = Literal["hard", "soft"]
 Influence = Literal["decision_maker", "influencer", "approver"]
 Level = Literal["low", "medium", "high"]
+RiskStatus = Literal["open", "closed"]
+UpdateStatus = Literal["on_track", "at_risk", "off_track"]
 
 SIDES: tuple[Side, ...] = ("buyer", "seller")
 ROLES: tuple[Role, ...] = ("owner", "editor", "commenter", "viewer")
@@ -123,7 +125,7 @@ class Risk(msgspec.Struct, frozen=True):
     impact: Level = "medium"
     mitigation: str = ""
     owner: str | None = None
-    status: Literal["open", "closed"] = "open"
+    status: RiskStatus = "open"
 
 
 class Cadence(msgspec.Struct, frozen=True):
@@ -143,8 +145,10 @@ class Comment(msgspec.Struct, frozen=True):
 
 
 class StatusUpdate(msgspec.Struct, frozen=True):
+    """What a meeting concluded: posted after each meeting, kept in order."""
+
     id: str
-    status: str
+    status: UpdateStatus
     progress: str = ""
     blockers: str = ""
     next_actions: str = ""
@@ -154,15 +158,31 @@ class StatusUpdate(msgspec.Struct, frozen=True):
 
 
 class Endorsement(msgspec.Struct, frozen=True):
+    """A buyer decision maker's (or champion's) soft commitment to the plan as of `version`."""
+
     by: str
     version: int
     at: datetime
+    stakeholder: str = ""
 
 
 class ParentLink(msgspec.Struct, frozen=True):
+    """The parent plan's event a fork starts from: its version and stored hash."""
+
     plan_id: str
     version: int
     hash: str
+
+
+class ChildLink(msgspec.Struct, frozen=True):
+    """A plan forked from this one; `version` is this plan's event that records the fork."""
+
+    plan_id: str
+    version: int
+    title: str
+    kind: PlanKind
+    by: str
+    at: datetime
 
 
 class Plan(msgspec.Struct, frozen=True):
@@ -196,6 +216,7 @@ class Plan(msgspec.Struct, frozen=True):
     endorsements: tuple[Endorsement, ...] = ()
     tags: dict[str, int] = {}
     parent: ParentLink | None = None
+    children: tuple[ChildLink, ...] = ()
     last_activity: dict[str, datetime] = {}
 
     @property
@@ -222,6 +243,18 @@ class Plan(msgspec.Struct, frozen=True):
             raise NotFound(f"no action item {item_id!r} in this plan", item_id=item_id)
         return a
 
+    def objective(self, item_id: str) -> Objective:
+        o = self.objectives.get(item_id)
+        if o is None:
+            raise NotFound(f"no objective {item_id!r} in this plan", item_id=item_id)
+        return o
+
+    def risk(self, item_id: str) -> Risk:
+        r = self.risks.get(item_id)
+        if r is None:
+            raise NotFound(f"no risk {item_id!r} in this plan", item_id=item_id)
+        return r
+
     def stakeholder(self, item_id: str) -> Stakeholder:
         s = self.stakeholders.get(item_id)
         if s is None or not s.active:
@@ -240,7 +273,7 @@ class Plan(msgspec.Struct, frozen=True):
                 self.dependencies,
                 self.comments,
             )
-        )
+        ) or any(u.id == item_id for u in self.status_updates)
 
     def item_title(self, item_id: str) -> str:
         for coll in (self.milestones, self.action_items, self.objectives, self.risks):

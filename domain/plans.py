@@ -27,6 +27,9 @@ from domain.rules import require_open, require_text
 
 
 class CreatePlan(Command, frozen=True, tag="create_plan"):
+    """Sent as POST /plans (a template's commands follow it), not as a plan command."""
+
+    server_only = True
     title: str
     buyer_org: str
     seller_org: str

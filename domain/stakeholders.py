@@ -121,6 +121,9 @@ def remove_stakeholder(plan: Plan, cmd: RemoveStakeholder, ctx: Context) -> list
     owning += [
         a.title for a in plan.action_items.values() if a.status != "done" and a.owner == cmd.id
     ]
+    owning += [r.title for r in plan.risks.values() if r.status == "open" and r.owner == cmd.id]
+    if plan.cadence is not None and plan.cadence.reporter == cmd.id:
+        owning.append("status reporting")
     if owning:
         raise DomainError(
             "stakeholder_owns_open_items",

@@ -20,7 +20,7 @@ from starlette.websockets import WebSocket
 from domain.errors import MapstreamError
 from server.codec import json_response
 from server.database import apply_schema, resolve_database_url, wait_for_database
-from server.errors import RateLimited, error_body, status_of
+from server.errors import RateLimited, database_down, error_body, status_of
 from server.follower import LogFollower, Waker
 from server.http import routes
 from server.hub import Hub
@@ -30,6 +30,7 @@ from server.plans import PlanService, Unavailable
 from server.presence import Presence
 from server.settings import Settings
 from server.store import Store
+from server.tools import projection_runners
 from server.ws import Connection, WSSettings, on_membership, presence_broadcaster, shutdown_all
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,10 @@ def create_app(settings: Settings, *, demo: bool = False, announce: str | None =
                 presence.run(url, lambda plan_id: bool(hub.subscribers(plan_id))), name="presence"
             ),
         ]
+        # asynchronous projections (audit trail, snapshots): one runner each, leased per cluster
+        app.state.projections = projection_runners(store, plans)
+        for name, runner in app.state.projections.items():
+            tasks.append(asyncio.create_task(runner.run(), name=f"projection:{name}"))
         await follower.started.wait()
         if demo:
             await _seed_demo(app, settings, announce)
@@ -150,7 +155,7 @@ def create_app(settings: Settings, *, demo: bool = False, announce: str | None =
         )
 
     async def on_crash(request: Request, exc: Exception) -> Response:
-        if isinstance(exc, OSError | asyncpg.InterfaceError | asyncpg.PostgresConnectionError):
+        if database_down(exc):
             err: Any = Unavailable("the database is not reachable right now; retry shortly")
             return json_response(error_body(err), status_code=503, headers={"Retry-After": "1"})
         log.exception("unexpected error on %s %s", request.method, request.url.path)

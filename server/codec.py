@@ -53,6 +53,12 @@ def decode(body: bytes, decoder: msgspec.json.Decoder[Any]) -> Any:
 def decode_command(body: bytes) -> tuple[CommandEnvelope, PlanCommand]:
     """Validate the envelope, then the command's own data, naming the field that is wrong."""
     envelope: CommandEnvelope = decode(body, _ENVELOPE)
+    if envelope.correlation_id is not None and (
+        len(envelope.correlation_id) > 200 or not envelope.correlation_id.isprintable()
+    ):
+        raise Malformed(
+            "`correlation_id` must be at most 200 printable characters", field="correlation_id"
+        )
     return envelope, decode_command_data(envelope.type, envelope.command_id, envelope.data)
 
 
@@ -60,8 +66,8 @@ def decode_command_data(kind: str, command_id: str, data: bytes | msgspec.Raw) -
     decoder = _DECODERS.get(kind)
     if decoder is None or kind in ("create_plan", "join_plan"):
         raise Malformed(f"unknown command type {kind!r}", field="type")
-    if not command_id or len(command_id) > 200:
-        raise Malformed("`command_id` must be 1 to 200 characters", field="command_id")
+    if not command_id or len(command_id) > 200 or not command_id.isprintable():
+        raise Malformed("`command_id` must be 1 to 200 printable characters", field="command_id")
     result: PlanCommand = decode(bytes(data), decoder)
     return result
 

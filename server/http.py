@@ -78,7 +78,9 @@ async def create_plan(request: Request) -> Response:
     body = await read_body(request, request.app.state.settings.max_body_bytes)
     new: NewPlan = decode(body, _NEW_PLAN)
     if new.template_id is not None:
-        raise NotFound(f"no template {new.template_id!r}", field="template_id")
+        from server.model_routes import create_from_template
+
+        return await create_from_template(request, new, user)
     plan_id = check_plan_id(new.plan_id) if new.plan_id else new_id()
     command = CreatePlan(
         title=new.title,
@@ -124,10 +126,13 @@ def _int_param(
         value = int(raw)
     except ValueError:
         raise Malformed(f"`{name}` must be a whole number", field=name) from None
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise Malformed(f"`{name}` must be {bound}", field=name)
+    high = _INT_MAX if high is None else high  # versions are 32-bit in the store
+    if not low <= value <= high:
+        raise Malformed(f"`{name}` must be between {low} and {high}", field=name)
     return value
+
+
+_INT_MAX = 2**31 - 1
 
 
 def parse_time(raw: str, field: str) -> datetime:
@@ -250,7 +255,7 @@ async def accept_invite(request: Request) -> Response:
     settings = request.app.state.settings
     body: Acceptance = decode(await read_body(request, settings.max_body_bytes), _ACCEPTANCE)
     email = body.email.strip().lower()
-    if "@" not in email or len(email) > 254:
+    if "@" not in email or len(email) > 254 or not email.isprintable() or " " in email:
         raise Malformed("`email` must be an email address", field="email")
     request.app.state.limits["command"].check(f"invite:{email}")
     store: InviteStore = request.app.state.invites

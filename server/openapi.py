@@ -288,6 +288,16 @@ def build() -> dict[str, Any]:
             }
         },
     }
+    from server import model_routes
+
+    model_paths, model_components = model_routes.openapi(_REF)
+    paths.update(model_paths)
+    components.update(model_components)
+    from server import audit_routes
+
+    audit_paths, audit_components = audit_routes.openapi(_REF)
+    paths.update(audit_paths)
+    components.update(audit_components)
     for item in paths.values():
         for op in item.values():
             op.setdefault("security", security)

@@ -26,6 +26,8 @@ from domain.decider import CREATES_ITEM, PlanCommand, decide, decode_event, evol
 from domain.errors import MapstreamError, NotFound, VersionConflict
 from domain.model import Plan
 from domain.visibility import audience
+from projections.snapshots import EVERY as SNAPSHOT_EVERY
+from projections.snapshots import SCHEMA as SNAPSHOT_SCHEMA
 from server.store import (
     Appended,
     DuplicateCommand,
@@ -387,34 +389,56 @@ class PlanService:
 
     async def current(self, plan_id: str) -> Plan:
         """The inline projection: the state after the last committed append."""
-        loaded = await self._load(plan_id)
+        loaded = await self._load(plan_id, snapshots=True)
         if loaded is None:
             raise NotFound(f"no plan {plan_id!r}")
         return loaded[0]
 
-    async def _load(self, plan_id: str) -> tuple[Plan, PlanRow, int] | None:
+    async def _load(
+        self, plan_id: str, *, snapshots: bool = False
+    ) -> tuple[Plan, PlanRow, int] | None:
         """The stored state brought up to the row's version with the events after it.
 
+        With `snapshots`, a snapshot newer than the stored state shortens a long tail (the
+        writer keeps its own accounting of the tail, so it loads without them).
         Returns the plan, the row, and the size of the event data folded on top."""
         row = await self.store.load_plan(plan_id)
         if row is None:
             return None
-        plan = _plan_decoder.decode(row.state)
+        start, state = row.state_version, row.state
+        if snapshots and row.version - row.state_version > SNAPSHOT_EVERY:
+            found = await self.store.nearest_snapshot(plan_id, row.version, SNAPSHOT_SCHEMA)
+            if found is not None and found[0] > start:
+                start, state = found
+        plan = _plan_decoder.decode(state)
         tail_bytes = 0
-        if row.state_version < row.version:
-            tail = await self.store.read_stream(plan_id, after=row.state_version, upto=row.version)
+        if start < row.version:
+            tail = await self.store.read_stream(plan_id, after=start, upto=row.version)
             plan = fold((recorded(e) for e in tail), plan)
             tail_bytes = sum(len(e.data) for e in tail)
         return plan, row, tail_bytes
 
-    async def at_version(self, plan_id: str, version: int) -> Plan:
-        """The plan as it was at `version`: the fold of its first `version` events."""
-        events = await self.store.read_stream(plan_id, upto=version)
-        if not events:
+    async def at_version(self, plan_id: str, version: int, *, snapshots: bool = True) -> Plan:
+        """The plan as it was at `version`: the fold of its first `version` events.
+
+        With `snapshots`, the fold starts from the nearest usable snapshot at or below
+        `version` (projections/snapshots.py), so only the events after it are read."""
+        schema = SNAPSHOT_SCHEMA if snapshots else None
+        snapshot, facts = await self.store.history(plan_id, version, schema)
+        start = 0 if snapshot is None else snapshot[0]
+        if snapshot is None and not facts:
             raise NotFound(f"no plan {plan_id!r}")
-        if len(events) < version:
-            raise NotFound(f"plan {plan_id!r} has no version {version} (it is at {len(events)})")
-        return fold((recorded(e) for e in events), plan_id=plan_id)
+        if start + len(facts) < version:
+            at = start + len(facts)
+            raise NotFound(f"plan {plan_id!r} has no version {version} (it is at {at})")
+        base = Plan(id=plan_id) if snapshot is None else _plan_decoder.decode(snapshot[1])
+        return fold(
+            (
+                Recorded(v, actor, at, decode_event(t, sv, data))
+                for v, t, sv, data, actor, at in facts
+            ),
+            base,
+        )
 
     async def at_time(self, plan_id: str, at: datetime) -> Plan:
         version = await self.store.version_at(plan_id, at)
@@ -449,12 +473,8 @@ def _stored(plan_id: str, e: NewEvent, position: int, at: datetime) -> StoredEve
 def _as_client_error(exc: BaseException) -> BaseException:
     if isinstance(exc, MapstreamError):
         return exc
-    import asyncpg
+    from server.errors import database_down
 
-    if isinstance(exc, OSError | asyncpg.PostgresConnectionError | asyncpg.InterfaceError):
+    if database_down(exc):
         return Unavailable("the database is not reachable: retry with the same command_id")
-    if isinstance(exc, asyncpg.PostgresError) and str(getattr(exc, "sqlstate", "")).startswith(
-        "08"
-    ):
-        return Unavailable("the database connection was lost: retry with the same command_id")
     return exc

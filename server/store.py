@@ -1,17 +1,24 @@
 """The event store: all SQL of events, plans and commands lives here.
 
-Verbs: `load_plan`, `append`, `read_stream`, `read_log`, `command_results`. Values are always
-bound as parameters. A comment says why a query has its shape.
+Verbs: `load_plan`, `append`, `read_stream`, `read_log`, `command_results`; for auditors
+`read_audit`, `nearest_snapshot` and the projection read models (`audit_table`,
+`snapshot_table`). Values are always bound as parameters. A comment says why a query has its shape.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 import msgspec
+from asyncpg.pool import PoolConnectionProxy
+
+from projections.audit import AuditRow
+from projections.snapshots import SnapshotRow, checkpoint_name
 
 LogCursor = tuple[int, int]  # (transaction_id, position): the global log's order
 LOG_START: LogCursor = (0, 0)
@@ -314,3 +321,349 @@ class Store:
             r["plan_id"]
             for r in await self.pool.fetch("SELECT plan_id FROM plans ORDER BY plan_id")
         ]
+
+    # -- reads for auditors --------------------------------------------------------------
+
+    async def log_count(self, upto: LogCursor | None = None) -> int:
+        """How many events a log reader can see now, up to `upto` (for progress lines)."""
+        n = await self.pool.fetchval(
+            "SELECT count(*) FROM events"
+            " WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())"
+            "   AND ($1::text IS NULL OR (transaction_id, position) <= ($1::text::xid8, $2::bigint))",
+            None if upto is None else str(upto[0]),
+            0 if upto is None else upto[1],
+        )
+        return int(n or 0)
+
+    async def events_of_type(self, plan_id: str, types: Sequence[str]) -> list[StoredEvent]:
+        rows = await self.pool.fetch(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE plan_id = $1 AND type = ANY($2::text[])"
+            " ORDER BY version",
+            plan_id,
+            list(types),
+        )
+        return [_event(r) for r in rows]
+
+    async def read_audit(self, plan_id: str, query: AuditQuery) -> list[tuple[int, str]]:
+        """(version, row JSON) of one plan's audit rows in version order; see AuditQuery."""
+        rows = await self.pool.fetch(
+            _READ_AUDIT,
+            plan_id,
+            query.after,
+            query.upto,
+            query.actor,
+            query.item,
+            list(query.types) if query.types else None,
+            query.since,
+            query.until,
+            query.side,
+            query.limit,
+        )
+        return [(r["version"], r["row"]) for r in rows]
+
+    async def audit_version(self, plan_id: str) -> int:
+        """The last version of `plan_id` the audit trail has a row for (0: none yet)."""
+        v = await self.pool.fetchval(
+            "SELECT max(version) FROM audit_trail WHERE plan_id = $1", plan_id
+        )
+        return int(v or 0)
+
+    # -- snapshots (caches of the fold; see projections/snapshots.py) ----------------------
+
+    async def nearest_snapshot(
+        self, plan_id: str, version: int, schema: str
+    ) -> tuple[int, str] | None:
+        """(version, state JSON) of the latest usable snapshot at or below `version`.
+
+        Usable: encoded with this `schema` fingerprint, and bound to this chain (its hash is
+        the stored event's hash at its version): a snapshot of a replaced or foreign stream
+        is never used."""
+        row = await self.pool.fetchrow(
+            "SELECT s.version, s.state::text AS state FROM snapshots s"
+            " JOIN events e ON e.plan_id = s.plan_id AND e.version = s.version AND e.hash = s.hash"
+            " WHERE s.plan_id = $1 AND s.schema = $2 AND s.version <= $3"
+            " ORDER BY s.version DESC LIMIT 1",
+            plan_id,
+            schema,
+            version,
+        )
+        return None if row is None else (row["version"], row["state"])
+
+    async def history(
+        self, plan_id: str, upto: int, schema: str | None
+    ) -> tuple[tuple[int, str] | None, list[Fact]]:
+        """What the fold at version `upto` needs, in one round trip: the latest usable snapshot
+        at or below it (as `nearest_snapshot`; none when `schema` is None) and the events
+        after that snapshot, as light `Fact` rows in version order."""
+        rows = await self.pool.fetch(_HISTORY, plan_id, schema, upto)
+        snapshot = None
+        facts: list[Fact] = []
+        for r in rows:
+            if r["state"] is not None:
+                snapshot = (r["version"], r["state"])
+            else:
+                facts.append(
+                    (r["version"], r["type"], r["schema_version"], r["data"], r["actor"], r["at"])
+                )
+        return snapshot, facts
+
+    async def snapshots_of(self, plan_id: str, schema: str) -> list[tuple[int, str, str]]:
+        """(version, hash, state JSON) of every snapshot of `plan_id` with `schema`."""
+        rows = await self.pool.fetch(
+            "SELECT version, hash, state::text AS state FROM snapshots"
+            " WHERE plan_id = $1 AND schema = $2 ORDER BY version",
+            plan_id,
+            schema,
+        )
+        return [(r["version"], r["hash"], r["state"]) for r in rows]
+
+    async def delete_snapshots(self, plan_id: str, schema: str, versions: Sequence[int]) -> None:
+        await self.pool.execute(
+            "DELETE FROM snapshots WHERE plan_id = $1 AND schema = $2 AND version = ANY($3::int[])",
+            plan_id,
+            schema,
+            list(versions),
+        )
+
+    # -- asynchronous projections --------------------------------------------------------
+
+    def audit_table(self, name: str = "audit") -> ProjectionTable[AuditRow]:
+        """The audit trail read model (table audit_trail) under checkpoint `name`."""
+        return ProjectionTable(
+            self.pool,
+            name,
+            insert=_INSERT_AUDIT,
+            args=_audit_args,
+            clear=[("DELETE FROM audit_trail", ())],
+        )
+
+    def snapshot_table(self, schema: str) -> ProjectionTable[SnapshotRow]:
+        """The snapshots of one state fingerprint; its checkpoint is named after it.
+
+        A new fingerprint starts from position 0 and leaves the old fingerprint's snapshots
+        alone (an instance of the old code may still run them, or come back after a
+        rollback); a rebuild also drops snapshots whose fingerprint has no checkpoint."""
+        name = checkpoint_name(schema)
+        orphans = (
+            "DELETE FROM snapshots s WHERE s.schema = $1 OR NOT EXISTS"
+            " (SELECT 1 FROM checkpoints c WHERE c.name = 'snapshots:' || s.schema)"
+        )
+        return ProjectionTable(
+            self.pool,
+            name,
+            insert=_INSERT_SNAPSHOTS,
+            args=_snapshot_args,
+            clear=[(orphans, (schema,))],
+        )
+
+
+# (version, type, schema_version, data, actor, recorded_at): what a fold reads of an event
+Fact = tuple[int, str, int, str, str, datetime]
+
+# The snapshot comes back as one more row (with `state`), ordered before the events after it.
+# The bounds are plain index conditions (no `$n IS NULL OR ...`), so a cached generic plan
+# still scans only the versions it returns.
+_HISTORY = """
+WITH snap AS (
+    SELECT s.version, s.state FROM snapshots s
+    JOIN events e ON e.plan_id = s.plan_id AND e.version = s.version AND e.hash = s.hash
+    WHERE s.plan_id = $1 AND s.schema = $2 AND s.version <= $3
+    ORDER BY s.version DESC LIMIT 1
+)
+SELECT version, type, schema_version, data::text AS data, actor, recorded_at AS at,
+       NULL::text AS state
+FROM events
+WHERE plan_id = $1 AND version > COALESCE((SELECT version FROM snap), 0) AND version <= $3
+UNION ALL
+SELECT version, NULL, NULL, NULL, NULL, NULL, state::text FROM snap
+ORDER BY version
+"""
+
+
+class AuditQuery(msgspec.Struct, frozen=True):
+    """Filters of the audit trail. None means "any"."""
+
+    after: int = 0  # versions after this one (pagination)
+    upto: int | None = None  # up to this version
+    actor: str | None = None  # email or name, any case
+    item: str | None = None  # an item id the event is about
+    types: tuple[str, ...] = ()  # event types
+    since: datetime | None = None  # recorded at or after
+    until: datetime | None = None  # recorded at or before
+    side: str | None = None  # the reader's side: the other side's internal rows are left out
+    limit: int = 100
+
+
+_READ_AUDIT = """
+SELECT version, row::text AS row FROM audit_trail
+WHERE plan_id = $1 AND version > $2
+  AND ($3::int IS NULL OR version <= $3)
+  AND ($4::text IS NULL OR actor = lower($4) OR lower(actor_name) = lower($4))
+  AND ($5::text IS NULL OR $5 = ANY(items))
+  AND ($6::text[] IS NULL OR type = ANY($6))
+  AND ($7::timestamptz IS NULL OR recorded_at >= $7)
+  AND ($8::timestamptz IS NULL OR recorded_at <= $8)
+  AND ($9::text IS NULL OR audience IS NULL OR audience = $9)
+ORDER BY version
+LIMIT $10
+"""
+
+# One statement per batch: the rows arrive as parallel arrays (items as a JSON array each,
+# since unnest would flatten a 2-D array).
+_INSERT_AUDIT = """
+INSERT INTO audit_trail (plan_id, version, position, recorded_at, type, actor, actor_name,
+                         items, audience, row)
+SELECT r.plan_id, r.version, r.position, r.recorded_at, r.type, r.actor, r.actor_name,
+       ARRAY(SELECT json_array_elements_text(r.items::json)), r.audience, r.row::json
+FROM unnest($1::text[], $2::int[], $3::bigint[], $4::timestamptz[], $5::text[], $6::text[],
+            $7::text[], $8::text[], $9::text[], $10::text[])
+     AS r(plan_id, version, position, recorded_at, type, actor, actor_name, items, audience, row)
+"""
+
+# Two writers may produce the same snapshot (the same fold): the first one stays.
+_INSERT_SNAPSHOTS = """
+INSERT INTO snapshots (plan_id, version, schema, hash, state)
+SELECT r.plan_id, r.version, r.schema, r.hash, r.state::json
+FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[])
+     AS r(plan_id, version, schema, hash, state)
+ON CONFLICT DO NOTHING
+"""
+
+_row_encoder = msgspec.json.Encoder()
+
+
+def _audit_args(rows: Sequence[AuditRow]) -> list[Any]:
+    return [
+        [r.plan_id for r in rows],
+        [r.version for r in rows],
+        [r.position for r in rows],
+        [r.at for r in rows],
+        [r.type for r in rows],
+        [r.actor for r in rows],
+        [r.actor_name for r in rows],
+        [_row_encoder.encode(r.items).decode() for r in rows],
+        [r.audience for r in rows],
+        [_row_encoder.encode(r).decode() for r in rows],
+    ]
+
+
+def _snapshot_args(rows: Sequence[SnapshotRow]) -> list[Any]:
+    return [
+        [r.plan_id for r in rows],
+        [r.version for r in rows],
+        [r.schema for r in rows],
+        [r.hash for r in rows],
+        [r.state for r in rows],
+    ]
+
+
+R = TypeVar("R")
+
+_PROJECTION_LOCK = 0x70726F6A  # "proj": advisory lock class of projection leases
+
+
+class ProjectionLease:
+    """Held while a session advisory lock on the projection's name is held."""
+
+    def __init__(self, conn: PoolConnectionProxy[asyncpg.Record], held: bool) -> None:
+        self._conn = conn
+        self.held = held
+
+    async def renew(self) -> None:
+        """Raise when the connection holding the lock is gone (the lock went with it)."""
+        await self._conn.fetchval("SELECT 1", timeout=5)
+
+
+class ProjectionTable(Generic[R]):
+    """A read model in one table with its checkpoint in `checkpoints`: see projections/runner.py.
+
+    `commit` moves the checkpoint first (compare-and-set, which also row-locks it, so two
+    writers of one read model serialise there), then writes the rows, in one transaction.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        name: str,
+        *,
+        insert: str,
+        args: Callable[[Sequence[R]], list[Any]],
+        clear: Sequence[tuple[str, tuple[Any, ...]]],
+    ) -> None:
+        self.pool = pool
+        self.name = name
+        self._insert = insert
+        self._args = args
+        self._clear = clear
+
+    async def checkpoint(self) -> LogCursor:
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING", self.name
+            )
+            row = await conn.fetchrow(
+                "SELECT transaction_id::text AS transaction_id, position FROM checkpoints"
+                " WHERE name = $1",
+                self.name,
+            )
+        assert row is not None
+        return (int(row["transaction_id"]), row["position"])
+
+    async def commit(
+        self,
+        expected: LogCursor,
+        cursor: LogCursor,
+        rows: Sequence[R],
+        before_commit: Callable[[], Awaitable[None]] | None = None,
+    ) -> bool:
+        async with self.pool.acquire() as conn, conn.transaction():
+            moved = await conn.fetchval(
+                "UPDATE checkpoints SET transaction_id = $2::text::xid8, position = $3,"
+                " updated_at = now()"
+                " WHERE name = $1 AND (transaction_id, position) = ($4::text::xid8, $5::bigint)"
+                " RETURNING 1",
+                self.name,
+                str(cursor[0]),
+                cursor[1],
+                str(expected[0]),
+                expected[1],
+            )
+            if moved is None:
+                return False  # nothing written: the transaction has no change
+            if rows:
+                await conn.execute(self._insert, *self._args(rows))
+            if before_commit is not None:
+                await before_commit()
+        return True
+
+    async def clear(self) -> None:
+        await self.checkpoint()  # the row exists: lock it so a running commit serialises
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT 1 FROM checkpoints WHERE name = $1 FOR UPDATE", self.name)
+            for sql, args in self._clear:
+                await conn.execute(sql, *args)
+            await conn.execute(
+                "UPDATE checkpoints SET transaction_id = '0', position = 0, updated_at = now()"
+                " WHERE name = $1",
+                self.name,
+            )
+
+    @asynccontextmanager
+    async def lease(self) -> AsyncIterator[ProjectionLease]:
+        """Try to become the one runner of this projection across instances."""
+        async with self.pool.acquire() as conn:
+            held = bool(
+                await conn.fetchval(
+                    "SELECT pg_try_advisory_lock($1, hashtext($2))", _PROJECTION_LOCK, self.name
+                )
+            )
+            try:
+                yield ProjectionLease(conn, held)
+            finally:
+                if held and not conn.is_closed():
+                    with contextlib.suppress(asyncpg.PostgresError, OSError):
+                        await conn.execute(
+                            "SELECT pg_advisory_unlock($1, hashtext($2))",
+                            _PROJECTION_LOCK,
+                            self.name,
+                        )

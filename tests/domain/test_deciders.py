@@ -18,10 +18,13 @@ from domain.action_items import (
     UpdateActionItem,
 )
 from domain.base import Context, Event
+from domain.cadence import CadenceSet, SetCadence
 from domain.comments import AddComment, CommentAdded
-from domain.decider import COMMAND_TYPES, PlanCommand, decide
+from domain.decider import ALL_COMMAND_TYPES, COMMAND_TYPES, PlanCommand, decide
 from domain.dependencies import AddDependency, DependencyAdded, DependencyRemoved, RemoveDependency
+from domain.endorsements import EndorsePlan, PlanEndorsed
 from domain.errors import DomainError, Forbidden, Malformed, NotFound
+from domain.forks import ChildPlanForked, ForkPlan, RecordFork
 from domain.members import (
     AddMember,
     ChangeMemberRole,
@@ -43,7 +46,8 @@ from domain.milestones import (
     RescheduleMilestone,
     UpdateMilestone,
 )
-from domain.model import CompellingEvent, Plan, Slip
+from domain.model import Cadence, CompellingEvent, Plan, Slip
+from domain.objectives import AddObjective, ObjectiveAdded, ObjectiveUpdated, UpdateObjective
 from domain.plans import (
     ActivatePlan,
     ClosePlan,
@@ -52,10 +56,12 @@ from domain.plans import (
     PlanActivated,
     PlanClosed,
     PlanCreated,
+    PlanForked,
     PlanUpdated,
     SetCompellingEvent,
     UpdatePlan,
 )
+from domain.risks import AddRisk, RiskAdded, RiskUpdated, UpdateRisk
 from domain.stakeholders import (
     AddStakeholder,
     RemoveStakeholder,
@@ -64,6 +70,7 @@ from domain.stakeholders import (
     StakeholderUpdated,
     UpdateStakeholder,
 )
+from domain.status_updates import PostStatusUpdate, StatusUpdatePosted
 from domain.versions import TagVersion, VersionTagged
 from domain.visibility import audience, view_for
 from tests.domain.support import (
@@ -90,6 +97,13 @@ from tests.domain.support import (
 )
 
 LATER = date(2025, 4, 15)
+HASH = "ab" * 32
+# Bob, the buyer-side editor, is also a stakeholder who decides: he may endorse the plan.
+BOB = StakeholderAdded(
+    id="bob", name="Bob Buyer", side="buyer", influence="decision_maker", email=EDITOR
+)
+OBJECTIVE = ObjectiveAdded(id="o1", title="Faster forecasts", metric="forecast cycle")
+RISK = RiskAdded(id="r1", title="CISO on leave", owner="ana")
 
 
 @dataclass(frozen=True)
@@ -370,6 +384,147 @@ HAPPY_PATHS = [
         TagVersion(name="Sent to Procurement!"),
         [VersionTagged(name="sent-to-procurement", version=len(PLAN))],
     ),
+    Case(
+        "add_objective records a measurable outcome, trimmed",
+        PLAN,
+        AddObjective(
+            id="o1",
+            title=" Faster forecasts ",
+            metric="forecast cycle",
+            baseline="10 days",
+            target=" 2 days ",
+            by=LATER,
+            projected_outcome="8 analyst days a month saved",
+        ),
+        [
+            ObjectiveAdded(
+                id="o1",
+                title="Faster forecasts",
+                metric="forecast cycle",
+                baseline="10 days",
+                target="2 days",
+                by=LATER,
+                projected_outcome="8 analyst days a month saved",
+            )
+        ],
+    ),
+    Case(
+        "update_objective records the changed fields and what they replace",
+        (*PLAN, OBJECTIVE),
+        UpdateObjective(id="o1", target="1 day", by=LATER),
+        [
+            ObjectiveUpdated(
+                id="o1",
+                changes={"target": "1 day", "by": "2025-04-15"},
+                previous={"target": "", "by": None},
+            )
+        ],
+    ),
+    Case(
+        "add_risk records likelihood, impact, mitigation and an owner",
+        PLAN,
+        AddRisk(
+            id="r1",
+            title="CISO on leave",
+            likelihood="high",
+            impact="high",
+            mitigation=" Deputy can sign ",
+            owner="ana",
+        ),
+        [
+            RiskAdded(
+                id="r1",
+                title="CISO on leave",
+                likelihood="high",
+                impact="high",
+                mitigation="Deputy can sign",
+                owner="ana",
+            )
+        ],
+    ),
+    Case(
+        "update_risk records the changed fields and what they replace",
+        (*PLAN, RISK),
+        UpdateRisk(id="r1", likelihood="low", status="closed"),
+        [
+            RiskUpdated(
+                id="r1",
+                changes={"likelihood": "low", "status": "closed"},
+                previous={"likelihood": "medium", "status": "open"},
+            )
+        ],
+    ),
+    Case(
+        "set_cadence records the communication plan and the one it replaces",
+        PLAN,
+        SetCadence(kind=" weekly operational ", channel="Teams", reporter="sid", next_review=DUE),
+        [CadenceSet(kind="weekly operational", channel="Teams", reporter="sid", next_review=DUE)],
+    ),
+    Case(
+        "post_status_update records what the meeting concluded, numbered when unnamed",
+        PLAN,
+        PostStatusUpdate(
+            status="at_risk",
+            progress=" PoC data loaded ",
+            blockers="SOC 2 report late",
+            next_actions="Send the report",
+            owner="sid",
+        ),
+        [
+            StatusUpdatePosted(
+                id="update-1",
+                status="at_risk",
+                progress="PoC data loaded",
+                blockers="SOC 2 report late",
+                next_actions="Send the report",
+                owner="sid",
+            )
+        ],
+    ),
+    Case(
+        "endorse_plan by a buyer decision maker endorses a version, naming their stakeholder",
+        (*PLAN, BOB),
+        EndorsePlan(version=len(PLAN)),
+        [PlanEndorsed(version=len(PLAN), stakeholder_id="bob")],
+        actor=EDITOR,
+    ),
+    Case(
+        "fork_plan starts a plan from a parent event and decides what it carries",
+        (),
+        ForkPlan(
+            parent_plan_id="parent",
+            parent_version=7,
+            parent_hash=HASH,
+            title=" Acme onboarding ",
+            buyer_org="Acme",
+            seller_org="Mapstream",
+            side="seller",
+            name="Olivia",
+            seeds=[
+                AddStakeholder(id="ana", name="Ana Ruiz", side="buyer", persona="champion"),
+                AddMilestone(id="m1", title="Kickoff", owner="ana", due=DUE),
+            ],
+        ),
+        [
+            PlanForked(
+                parent_plan_id="parent",
+                parent_version=7,
+                parent_hash=HASH,
+                title="Acme onboarding",
+                buyer_org="Acme",
+                seller_org="Mapstream",
+            ),
+            MemberAdded(email=OWNER, side="seller", role="owner", name="Olivia"),
+            StakeholderAdded(id="ana", name="Ana Ruiz", side="buyer", persona="champion"),
+            MilestoneAdded(id="m1", title="Kickoff", owner="ana", due=DUE),
+        ],
+    ),
+    Case(
+        "record_fork on a closed-won plan records the child",
+        (*PLAN, closed("won")),
+        RecordFork(child_plan_id="child-1", title="Acme onboarding"),
+        [ChildPlanForked(child_plan_id="child-1", title="Acme onboarding")],
+    ),
 ]
 
 NO_OPS = [
@@ -439,6 +594,27 @@ NO_OPS = [
         "reschedule_action_item to the date it has",
         (*PLAN, milestone("m1"), action_item("a1", due=DUE)),
         RescheduleActionItem(id="a1", due=DUE, reason=""),
+    ),
+    Case(
+        "update_objective with the values it has, spaces aside",
+        (*PLAN, OBJECTIVE),
+        UpdateObjective(id="o1", title=" Faster forecasts ", metric="forecast cycle", by=None),
+    ),
+    Case(
+        "update_risk with the values it has",
+        (*PLAN, RISK),
+        UpdateRisk(id="r1", title="CISO on leave", owner="ana", status="open"),
+    ),
+    Case(
+        "set_cadence with the cadence the plan has",
+        (*PLAN, CadenceSet(kind="weekly", channel="Teams", reporter="sid")),
+        SetCadence(kind=" weekly ", channel="Teams", reporter="sid"),
+    ),
+    Case(
+        "endorse_plan again for the version already endorsed",
+        (*PLAN, BOB, (EDITOR, PlanEndorsed(version=3, stakeholder_id="bob"))),
+        EndorsePlan(version=3),
+        actor=EDITOR,
     ),
     Case(
         "add_dependency for an edge that exists (under another id)",
@@ -525,6 +701,49 @@ REPEATS = [
         "duplicate_id",
     ),
     Repeat(
+        "add_objective twice",
+        PLAN,
+        AddObjective(id="o1", title="Faster forecasts"),
+        "rule_violation",
+        "duplicate_id",
+    ),
+    Repeat(
+        "add_risk twice",
+        PLAN,
+        AddRisk(id="r1", title="CISO on leave"),
+        "rule_violation",
+        "duplicate_id",
+    ),
+    Repeat(
+        "post_status_update twice under one id",
+        PLAN,
+        PostStatusUpdate(id="u1", status="on_track"),
+        "rule_violation",
+        "duplicate_id",
+    ),
+    Repeat(
+        "fork_plan twice",
+        (),
+        ForkPlan(
+            parent_plan_id="parent",
+            parent_version=1,
+            parent_hash=HASH,
+            title="t",
+            buyer_org="b",
+            seller_org="s",
+            side="seller",
+        ),
+        "rule_violation",
+        "plan_exists",
+    ),
+    Repeat(
+        "record_fork twice for one child",
+        (*PLAN, closed("won")),
+        RecordFork(child_plan_id="child-1", title="Acme onboarding"),
+        "rule_violation",
+        "duplicate_id",
+    ),
+    Repeat(
         "tag_version twice",
         PLAN,
         TagVersion(name="sent to procurement"),
@@ -538,17 +757,20 @@ def _names(cases: list[Case]) -> list[str]:
     return [c.name for c in cases]
 
 
-EXISTING = [c for c in HAPPY_PATHS if c.tag != "create_plan"]
+# create_plan and fork_plan make a plan; every other command needs one
+EXISTING = [c for c in HAPPY_PATHS if c.tag not in ("create_plan", "fork_plan")]
 # join_plan is authorised by the invite the server checked, not by a role in the plan
 AUTHORIZED = [c for c in EXISTING if c.tag != "join_plan"]
+# endorse_plan's event names the endorser's own stakeholder: who may endorse is tested below
+BY_ROLE = [c for c in AUTHORIZED if c.tag != "endorse_plan"]
 
 
 # -- every command: happy path, no-op or repeat ---------------------------------------------
 
 
 def test_every_command_type_has_a_happy_path_and_a_no_op_or_repeat_case():
-    assert {c.tag for c in HAPPY_PATHS} == set(COMMAND_TYPES)
-    assert {c.tag for c in NO_OPS} | {r.tag for r in REPEATS} == set(COMMAND_TYPES)
+    assert {c.tag for c in HAPPY_PATHS} == set(ALL_COMMAND_TYPES)
+    assert {c.tag for c in NO_OPS} | {r.tag for r in REPEATS} == set(ALL_COMMAND_TYPES)
     assert not {c.tag for c in NO_OPS} & {r.tag for r in REPEATS}
 
 
@@ -604,12 +826,20 @@ PERMISSIONS = {
     "revoke_member": "manage",
     "add_comment": "comment",
     "tag_version": "comment",
+    "endorse_plan": "comment",
+    "record_fork": "manage",
 }
 
 
-@pytest.mark.parametrize("name", sorted(COMMAND_TYPES))
+@pytest.mark.parametrize("name", sorted(ALL_COMMAND_TYPES))
 def test_each_command_needs_the_permission_its_kind_implies(name: str):
-    assert COMMAND_TYPES[name].permission == PERMISSIONS.get(name, "edit")
+    assert ALL_COMMAND_TYPES[name].permission == PERMISSIONS.get(name, "edit")
+
+
+def test_clients_may_send_every_command_but_those_the_server_issues():
+    server_only = {n for n, t in ALL_COMMAND_TYPES.items() if t.server_only}
+    assert server_only == {"create_plan", "join_plan", "fork_plan", "record_fork"}
+    assert set(COMMAND_TYPES) == set(ALL_COMMAND_TYPES) - server_only
 
 
 @pytest.mark.parametrize("case", AUTHORIZED, ids=_names(AUTHORIZED))
@@ -619,19 +849,19 @@ def test_a_viewer_cannot_change_anything(case: Case):
     assert error.extra == {"role": "viewer"}
 
 
-@pytest.mark.parametrize("case", AUTHORIZED, ids=_names(AUTHORIZED))
+@pytest.mark.parametrize("case", BY_ROLE, ids=_names(BY_ROLE))
 def test_a_commenter_may_only_comment_and_tag(case: Case):
     plan = given(*case.history)
-    if COMMAND_TYPES[case.tag].permission == "comment":
+    if ALL_COMMAND_TYPES[case.tag].permission == "comment":
         assert when(plan, case.command, COMMENTER) == case.then
     else:
         assert isinstance(refusal(plan, case.command, COMMENTER), Forbidden)
 
 
-@pytest.mark.parametrize("case", AUTHORIZED, ids=_names(AUTHORIZED))
+@pytest.mark.parametrize("case", BY_ROLE, ids=_names(BY_ROLE))
 def test_an_editor_may_do_everything_but_manage_the_plan(case: Case):
     plan = given(*case.history)
-    if COMMAND_TYPES[case.tag].permission == "manage":
+    if ALL_COMMAND_TYPES[case.tag].permission == "manage":
         assert isinstance(refusal(plan, case.command, EDITOR), Forbidden)
     else:
         assert when(plan, case.command, EDITOR) == case.then
@@ -736,7 +966,9 @@ def test_a_closed_plan_reads_as_won_or_lost_with_its_reason_and_time():
 
 
 EDITS_OF_CONTENT = [
-    c for c in AUTHORIZED if COMMAND_TYPES[c.tag].permission == "edit" or c.tag == "activate_plan"
+    c
+    for c in AUTHORIZED
+    if ALL_COMMAND_TYPES[c.tag].permission == "edit" or c.tag in ("activate_plan", "endorse_plan")
 ]
 
 
@@ -1382,3 +1614,234 @@ def test_a_revoked_member_is_kept_but_no_longer_a_member():
     plan = given(*PLAN, MemberRevoked(email=EDITOR))
     assert plan.member(EDITOR) is None
     assert plan.members[EDITOR].active is False
+
+
+# -- objectives, risks, cadence, status updates ------------------------------------------------
+
+
+def test_an_objective_update_is_applied_and_a_blank_title_is_malformed():
+    plan = apply(given(*PLAN, OBJECTIVE), UpdateObjective(id="o1", baseline=" 10 days "))
+    assert plan.objectives["o1"].baseline == "10 days"
+    error = refusal(plan, UpdateObjective(id="o1", title=" "))
+    assert isinstance(error, Malformed) and error.extra == {"field": "title"}
+
+
+@pytest.mark.parametrize(
+    "command", [UpdateObjective(id="o9", title="x"), UpdateRisk(id="r9", title="x")]
+)
+def test_an_objective_or_risk_that_does_not_exist_is_not_found(command: PlanCommand):
+    assert isinstance(refusal(given(*PLAN), command), NotFound)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        AddRisk(id="r1", title="CISO on leave", owner="nobody"),
+        SetCadence(kind="weekly", reporter="nobody"),
+        PostStatusUpdate(status="on_track", owner="nobody"),
+    ],
+)
+def test_risk_owners_reporters_and_update_owners_must_be_stakeholders(command: PlanCommand):
+    assert broken_rule(given(*PLAN), command) == "owner_must_be_stakeholder"
+
+
+def test_a_risk_owner_must_be_a_stakeholder_when_changed_or_reopened():
+    plan = given(*PLAN, RISK)
+    assert broken_rule(plan, UpdateRisk(id="r1", owner="nobody")) == "owner_must_be_stakeholder"
+    closed_risk = apply(plan, UpdateRisk(id="r1", status="closed"))
+    gone = apply(closed_risk, RemoveStakeholder(id="ana"))
+    assert broken_rule(gone, UpdateRisk(id="r1", status="open")) == "owner_must_be_stakeholder"
+    reopened = apply(gone, UpdateRisk(id="r1", status="open", owner="sid"))
+    assert (reopened.risks["r1"].status, reopened.risks["r1"].owner) == ("open", "sid")
+
+
+@pytest.mark.parametrize(
+    "owned",
+    [RISK, CadenceSet(kind="weekly", reporter="ana")],
+    ids=["an open risk", "the status reporting"],
+)
+def test_a_stakeholder_who_owns_a_risk_or_reports_status_cannot_be_removed(owned: Event):
+    assert broken_rule(given(*PLAN, owned), RemoveStakeholder(id="ana")) == (
+        "stakeholder_owns_open_items"
+    )
+
+
+def test_a_stakeholder_whose_risk_is_closed_can_be_removed():
+    plan = apply(given(*PLAN, RISK), UpdateRisk(id="r1", status="closed"))
+    assert when(plan, RemoveStakeholder(id="ana")) == [StakeholderRemoved(id="ana")]
+
+
+def test_a_new_cadence_keeps_the_previous_one_in_the_event():
+    plan = given(*PLAN, CadenceSet(kind="weekly", reporter="sid"))
+    assert when(plan, SetCadence(kind="bi-weekly executive snapshot", next_review=LATER)) == [
+        CadenceSet(
+            kind="bi-weekly executive snapshot",
+            next_review=LATER,
+            previous=Cadence(kind="weekly", reporter="sid"),
+        )
+    ]
+    assert apply(plan, SetCadence(kind="weekly", next_review=DUE)).cadence == Cadence(
+        kind="weekly", next_review=DUE
+    )
+
+
+def test_status_updates_are_kept_in_order_with_author_and_time():
+    plan = apply(given(*PLAN), PostStatusUpdate(status="on_track", progress="kickoff held"))
+    plan = apply(plan, PostStatusUpdate(status="at_risk", blockers="no data yet"), EDITOR)
+    assert [(u.id, u.status, u.author, u.at) for u in plan.status_updates] == [
+        ("update-1", "on_track", OWNER, NOW),
+        ("update-2", "at_risk", EDITOR, NOW),
+    ]
+
+
+def test_a_numbered_status_update_skips_an_id_another_item_took():
+    plan = given(*PLAN, milestone("update-1"))
+    assert when(plan, PostStatusUpdate(status="on_track"))[0] == StatusUpdatePosted(
+        id="update-2", status="on_track"
+    )
+
+
+def test_a_status_update_can_be_commented_on():
+    plan = apply(given(*PLAN), PostStatusUpdate(status="on_track"))
+    assert when(plan, AddComment(id="c1", item_id="update-1", text="Agreed")) == [
+        CommentAdded(id="c1", item_id="update-1", text="Agreed")
+    ]
+
+
+# -- endorsement -------------------------------------------------------------------------------
+
+
+def test_a_seller_cannot_endorse_even_as_a_decision_maker():
+    me = StakeholderAdded(
+        id="me", name="Olivia", side="seller", influence="decision_maker", email=OWNER
+    )
+    assert broken_rule(given(*PLAN, me), EndorsePlan(version=1)) == "seller_cannot_endorse"
+
+
+@pytest.mark.parametrize(
+    "who",
+    [
+        None,
+        StakeholderAdded(id="bob", name="Bob", side="buyer", influence="influencer", email=EDITOR),
+        StakeholderAdded(id="bob", name="Bob", side="buyer", persona="end user", email=EDITOR),
+    ],
+    ids=["not a stakeholder", "an influencer", "an end user"],
+)
+def test_a_buyer_who_neither_decides_nor_champions_cannot_endorse(who: Event | None):
+    plan = given(*PLAN, *([who] if who is not None else []))
+    assert broken_rule(plan, EndorsePlan(version=1), EDITOR) == "endorser_not_decision_maker"
+
+
+@pytest.mark.parametrize("persona", ["champion", "Champion", " champion "])
+def test_the_buyer_champion_may_endorse_even_as_a_commenter(persona: str):
+    champion = StakeholderAdded(
+        id="carla", name="Carla", side="buyer", persona=persona, email=COMMENTER
+    )
+    plan = apply(given(*PLAN, champion), EndorsePlan(version=2), COMMENTER)
+    assert [(e.by, e.version, e.stakeholder, e.at) for e in plan.endorsements] == [
+        (COMMENTER, 2, "carla", NOW)
+    ]
+
+
+def test_a_removed_stakeholder_no_longer_endorses():
+    plan = given(*PLAN, BOB, StakeholderRemoved(id="bob"))
+    assert broken_rule(plan, EndorsePlan(version=1), EDITOR) == "endorser_not_decision_maker"
+
+
+@pytest.mark.parametrize("version", [0, len(PLAN) + 2])
+def test_an_endorsement_names_a_version_the_plan_has(version: int):
+    error = refusal(given(*PLAN, BOB), EndorsePlan(version=version), EDITOR)
+    assert isinstance(error, Malformed) and error.extra == {"field": "version"}
+
+
+def test_a_later_version_can_be_endorsed_again():
+    plan = apply(given(*PLAN, BOB), EndorsePlan(version=3), EDITOR)
+    plan = apply(plan, EndorsePlan(version=plan.version), EDITOR)
+    assert [e.version for e in plan.endorsements] == [3, len(PLAN) + 2]
+
+
+def test_a_viewer_cannot_endorse_even_as_a_decision_maker():
+    cfo = StakeholderAdded(id="v", name="V", side="buyer", influence="decision_maker", email=VIEWER)
+    assert isinstance(refusal(given(*PLAN, cfo), EndorsePlan(version=1), VIEWER), Forbidden)
+
+
+# -- forks -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [(), (PlanActivated(),), (PlanActivated(), closed("lost"))])
+def test_only_a_closed_won_plan_can_be_forked(status: tuple[Event, ...]):
+    command = RecordFork(child_plan_id="child-1", title="Onboarding")
+    assert broken_rule(given(*PLAN, *status), command) == "fork_needs_closed_won"
+
+
+def test_only_an_owner_can_record_a_fork():
+    plan = given(*PLAN, closed("won"))
+    assert isinstance(refusal(plan, RecordFork(child_plan_id="c", title="t"), EDITOR), Forbidden)
+
+
+def test_a_recorded_fork_is_a_child_of_the_plan():
+    plan = apply(given(*PLAN, closed("won")), RecordFork(child_plan_id="c", title="Onboarding"))
+    [child] = plan.children
+    assert (child.plan_id, child.version, child.title, child.kind, child.by, child.at) == (
+        "c",
+        plan.version,
+        "Onboarding",
+        "onboarding",
+        OWNER,
+        NOW,
+    )
+
+
+def test_a_forked_plan_names_its_parent_and_makes_the_forker_owner():
+    fork = ForkPlan(
+        parent_plan_id="parent",
+        parent_version=9,
+        parent_hash=HASH,
+        title="Onboarding",
+        buyer_org="Acme",
+        seller_org="M",
+        side="buyer",
+    )
+    plan = apply(given(), fork, EDITOR)
+    assert plan.parent is not None
+    assert (plan.parent.plan_id, plan.parent.version, plan.parent.hash) == ("parent", 9, HASH)
+    assert (plan.kind, plan.status, plan.members[EDITOR].role) == ("onboarding", "draft", "owner")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"parent_hash": "nope"}, {"parent_version": 0}, {"parent_plan_id": ""}, {"title": " "}],
+)
+def test_a_fork_without_a_valid_parent_link_or_title_is_malformed(fields: dict[str, object]):
+    base = {
+        "parent_plan_id": "parent",
+        "parent_version": 1,
+        "parent_hash": HASH,
+        "title": "t",
+        "buyer_org": "b",
+        "seller_org": "s",
+        "side": "seller",
+    }
+    assert isinstance(refusal(given(), ForkPlan(**{**base, **fields})), Malformed)  # type: ignore[arg-type]
+
+
+def test_a_fork_whose_carried_items_break_a_rule_is_refused_whole():
+    fork = ForkPlan(
+        parent_plan_id="parent",
+        parent_version=1,
+        parent_hash=HASH,
+        title="t",
+        buyer_org="b",
+        seller_org="s",
+        side="seller",
+        seeds=[AddMilestone(id="m1", title="Kickoff", owner="nobody")],
+    )
+    assert broken_rule(given(), fork) == "owner_must_be_stakeholder"
+
+
+def test_a_closed_plan_can_still_record_a_fork_but_takes_no_endorsement():
+    plan = given(*PLAN, BOB, closed("won"))
+    assert broken_rule(plan, EndorsePlan(version=1), EDITOR) == "closed_plan_is_read_only"
+    assert when(plan, RecordFork(child_plan_id="c", title="t")) == [
+        ChildPlanForked(child_plan_id="c", title="t")
+    ]

@@ -25,10 +25,12 @@ from domain.action_items import (
     UpdateActionItem,
 )
 from domain.base import UNSET, Context, Event, Recorded
+from domain.cadence import CadenceSet, SetCadence
 from domain.chain import GENESIS, Link, data_digest, event_hash, verify
 from domain.comments import AddComment
 from domain.decider import PlanCommand, decide, decode_event, evolve, fold
 from domain.dependencies import AddDependency, DependencyAdded, RemoveDependency
+from domain.endorsements import EndorsePlan, PlanEndorsed, may_endorse
 from domain.errors import MapstreamError
 from domain.members import AddMember, ChangeMemberRole, JoinPlan, RevokeMember
 from domain.milestones import (
@@ -41,8 +43,11 @@ from domain.milestones import (
     UpdateMilestone,
 )
 from domain.model import Dependency, Plan, Side
+from domain.objectives import AddObjective, UpdateObjective
 from domain.plans import ActivatePlan, ClosePlan, CreatePlan, SetCompellingEvent, UpdatePlan
+from domain.risks import AddRisk, RiskAdded, RiskUpdated, UpdateRisk
 from domain.stakeholders import AddStakeholder, RemoveStakeholder, UpdateStakeholder
+from domain.status_updates import PostStatusUpdate, StatusUpdatePosted
 from domain.versions import TagVersion
 from domain.visibility import view_for
 from tests.domain.support import EDITOR, NOW, OWNER, PLAN_ID, VIEWER
@@ -58,6 +63,8 @@ ITEMS = ("a1", "a2", "a3")
 STAKEHOLDERS = ("s1", "s2", "s3")  # added by SETUP; "s4" is left for the sequence to add
 DEPENDENCIES = ("d1", "d2", "d3")
 COMMENTS = ("c1", "c2", "c3")
+OBJECTIVES = ("o1", "o2")
+RISKS = ("r1", "r2")
 SCHEDULED = (*MILESTONES, *ITEMS)
 
 SETUP: list[tuple[str, PlanCommand]] = [
@@ -70,6 +77,8 @@ SETUP: list[tuple[str, PlanCommand]] = [
     (OWNER, AddStakeholder(id="s1", name="Ana", side="buyer", email="ana@buyer.example")),
     (OWNER, AddStakeholder(id="s2", name="Sid", side="seller", email="sid@seller.example")),
     (EDITOR, AddStakeholder(id="s3", name="Chris", side="buyer", influence="decision_maker")),
+    # the buyer editor is a stakeholder who decides, so endorsements sometimes pass
+    (OWNER, AddStakeholder(id="s5", name="Bob", side="buyer", persona="champion", email=EDITOR)),
 ]
 
 
@@ -216,6 +225,55 @@ tag_version = st.builds(
     name=mostly("sent to procurement", "CFO sign-off", "v2 draft", "42"),
     version=st.one_of(st.none(), st.integers(0, 40)),
 )
+levels = st.sampled_from(("low", "medium", "high"))
+add_objective = st.builds(
+    AddObjective,
+    id=mostly(*OBJECTIVES, "m1"),
+    title=titles,
+    metric=texts,
+    target=texts,
+    by=maybe_dates,
+)
+update_objective = st.builds(
+    UpdateObjective,
+    id=mostly(*OBJECTIVES, "o9"),
+    title=unset_or(titles),
+    target=unset_or(texts),
+    by=unset_or(maybe_dates),
+)
+add_risk = st.builds(
+    AddRisk,
+    id=mostly(*RISKS, "s1"),
+    title=titles,
+    likelihood=levels,
+    impact=levels,
+    mitigation=texts,
+    owner=owners,
+)
+update_risk = st.builds(
+    UpdateRisk,
+    id=mostly(*RISKS, "r9"),
+    title=unset_or(titles),
+    likelihood=unset_or(levels),
+    owner=unset_or(owners),
+    status=unset_or(st.sampled_from(("open", "closed"))),
+)
+set_cadence = st.builds(
+    SetCadence,
+    kind=mostly("weekly operational", "bi-weekly executive snapshot", " "),
+    channel=texts,
+    reporter=helpers,
+    next_review=maybe_dates,
+)
+post_status_update = st.builds(
+    PostStatusUpdate,
+    status=st.sampled_from(("on_track", "at_risk", "off_track")),
+    progress=texts,
+    blockers=texts,
+    owner=helpers,
+    id=mostly("", "", "", "u1"),
+)
+endorse_plan = st.builds(EndorsePlan, version=mostly(1, 5, 9, 0))
 activate_plan = st.just(ActivatePlan())
 close_plan = st.builds(
     ClosePlan, outcome=st.sampled_from(("won", "lost")), reason=mostly("signed", "")
@@ -255,6 +313,13 @@ commands = weighted(
     (3, remove_dependency),
     (6, add_comment),
     (2, tag_version),
+    (2, add_objective),
+    (1, update_objective),
+    (3, add_risk),
+    (2, update_risk),
+    (1, set_cadence),
+    (2, post_status_update),
+    (2, endorse_plan),
     (1, activate_plan),
     (1, close_plan),
     (1, add_member),
@@ -437,6 +502,17 @@ def assert_invariants(plan: Plan, records: list[Recorded]) -> None:
         assert a.owner is None or a.owner in plan.stakeholders
         assert a.milestone_id in plan.milestones
         assert (a.visibility == "internal") == (a.internal_to is not None)
+    for r in plan.risks.values():
+        assert r.owner is None or r.owner in plan.stakeholders
+        if r.status == "open":
+            assert r.owner is None or plan.stakeholders[r.owner].active, (r, r.owner)
+    reporter = plan.cadence.reporter if plan.cadence is not None else None
+    assert reporter is None or plan.stakeholders[reporter].active
+    for u in plan.status_updates:
+        assert u.owner is None or u.owner in plan.stakeholders
+    for e in plan.endorsements:
+        assert 1 <= e.version <= plan.version
+        assert plan.members[e.by].side == "buyer" and e.stakeholder in plan.stakeholders
 
     ids = [
         *plan.milestones,
@@ -444,6 +520,9 @@ def assert_invariants(plan: Plan, records: list[Recorded]) -> None:
         *plan.stakeholders,
         *plan.dependencies,
         *plan.comments,
+        *plan.objectives,
+        *plan.risks,
+        *(u.id for u in plan.status_updates),
     ]
     assert len(ids) == len(set(ids)), "an id names two items"
     assert "plan" not in ids
@@ -464,6 +543,12 @@ def people_assigned(e: Event) -> list[str]:
             names = [e.owner]
         case DependencyAdded():
             names = [e.escalation_contact]
+        case RiskAdded() | StatusUpdatePosted():
+            names = [e.owner]
+        case RiskUpdated():
+            names = [e.changes.get("owner")]
+        case CadenceSet():
+            names = [e.reporter]
         case _:
             names = []
     return [n for n in names if n is not None]
@@ -489,6 +574,9 @@ def test_people_are_assigned_only_while_they_are_stakeholders_and_done_stays_don
                 assert t.after.milestones[item_id].status == "done"
         if t.before.is_closed:
             assert t.after.status == t.before.status
+        if isinstance(t.record.event, PlanEndorsed):
+            endorser = t.before.stakeholders[t.record.event.stakeholder_id]
+            assert may_endorse(endorser) and endorser.email == t.record.actor
 
 
 # -- (d), (e) what is stored reads back equal ------------------------------------------------
