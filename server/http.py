@@ -325,11 +325,12 @@ async def healthz(request: Request) -> Response:
 
 
 def routes() -> list[Route]:
-    from server import audit_routes, model_routes
+    from server import audit_routes, export_routes, model_routes
 
     return [
         *audit_routes.routes(),
         *model_routes.routes(),
+        *export_routes.routes(),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/plans", create_plan, methods=["POST"]),
         Route("/plans/{plan_id}", get_plan, methods=["GET"]),

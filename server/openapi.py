@@ -293,7 +293,11 @@ def build() -> dict[str, Any]:
     model_paths, model_components = model_routes.openapi(_REF)
     paths.update(model_paths)
     components.update(model_components)
-    from server import audit_routes
+    from server import audit_routes, export_routes
+
+    export_paths, export_components = export_routes.openapi(_REF)
+    paths.update(export_paths)
+    components.update(export_components)
 
     audit_paths, audit_components = audit_routes.openapi(_REF)
     paths.update(audit_paths)
