@@ -213,6 +213,11 @@ class ProjectionRunner(Generic[Row]):
             idle = idle + 1 if n == 0 else 0
             if idle > 100:  # the checkpoint keeps moving under us: someone else is applying
                 await asyncio.sleep(0.05)
+            if idle > 700:  # ~30 s without progress: say so instead of spinning forever
+                raise RuntimeError(
+                    f"projection {self.name}: no progress for 30 s at {self.cursor} "
+                    f"(log head {head}); another runner may hold the checkpoint"
+                )
             if progress is not None and n:
                 done += n
                 elapsed = max(time.monotonic() - started, 1e-9)

@@ -52,32 +52,37 @@ async def _live_then_rebuilt(url: str, steps: list[tuple[str, Any, bool, bool]])
     pool = await asyncpg.create_pool(url, min_size=1, max_size=6)
     assert pool is not None
     try:
-        store = Store(pool)
-        service = PlanService(store)
-        live = audit_runner(store, batch=3)  # small batches: boundaries fall anywhere
-        await live.catch_up()
-        plan_id = await start_plan(service, setup=True)
-        accepted = 0
-        for actor, command, catch_up_now, forget in steps:
-            accepted += await play(service, plan_id, [(actor, command)])
-            if forget:  # as after an eviction: the next state comes from snapshots/the store
-                live.projection.reset()
-            if catch_up_now:
-                await live.catch_up()
-        await settled(store, plan_id)
-        await live.catch_up()
-        built_live = await rows_of(store, plan_id)
-
-        await audit_runner(store).rebuild()
-        rebuilt = await rows_of(store, plan_id)
-
-        event(f"accepted commands: {min(accepted, 10) // 5 * 5}+")
-        version = (await service.current(plan_id)).version
-        assert [r["version"] for r in built_live] == list(range(1, version + 1))
-        assert built_live == rebuilt
-        assert rebuilt == await expected_rows(store, plan_id)
+        async with asyncio.timeout(90):  # a stuck example fails with a trace, never hangs CI
+            await _scenario(pool, steps)
     finally:
-        await pool.close()
+        pool.terminate()
+
+
+async def _scenario(pool: asyncpg.Pool, steps: list[tuple[str, Any, bool, bool]]) -> None:
+    store = Store(pool)
+    service = PlanService(store)
+    live = audit_runner(store, batch=3)  # small batches: boundaries fall anywhere
+    await live.catch_up()
+    plan_id = await start_plan(service, setup=True)
+    accepted = 0
+    for actor, command, catch_up_now, forget in steps:
+        accepted += await play(service, plan_id, [(actor, command)])
+        if forget:  # as after an eviction: the next state comes from snapshots/the store
+            live.projection.reset()
+        if catch_up_now:
+            await live.catch_up()
+    await settled(store, plan_id)
+    await live.catch_up()
+    built_live = await rows_of(store, plan_id)
+
+    await audit_runner(store).rebuild()
+    rebuilt = await rows_of(store, plan_id)
+
+    event(f"accepted commands: {min(accepted, 10) // 5 * 5}+")
+    version = (await service.current(plan_id)).version
+    assert [r["version"] for r in built_live] == list(range(1, version + 1))
+    assert built_live == rebuilt
+    assert rebuilt == await expected_rows(store, plan_id)
 
 
 @settings(max_examples=20)
