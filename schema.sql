@@ -155,3 +155,16 @@ CREATE TABLE IF NOT EXISTS templates (
     body        json        NOT NULL
 );
 CREATE INDEX IF NOT EXISTS templates_by_author ON templates (created_by, created_at);
+
+-- Portfolio analytics read model: one summary row per plan (projections/analytics.py), written
+-- by the asynchronous projection runner with its checkpoint 'analytics' in the same
+-- transaction. `figures` is the whole PlanFigures row; GET /analytics aggregates the rows of
+-- one seller organisation. `seller_members`: who besides admins may read that organisation.
+CREATE TABLE IF NOT EXISTS analytics_plans (
+    plan_id        text        PRIMARY KEY,
+    version        integer     NOT NULL,
+    seller_org     text        NOT NULL,
+    seller_members text[]      NOT NULL,
+    figures        json        NOT NULL
+);
+CREATE INDEX IF NOT EXISTS analytics_plans_org ON analytics_plans (seller_org);

@@ -120,7 +120,8 @@ def create_app(settings: Settings, *, demo: bool = False, announce: str | None =
                 presence.run(url, lambda plan_id: bool(hub.subscribers(plan_id))), name="presence"
             ),
         ]
-        # asynchronous projections (audit trail, snapshots): one runner each, leased per cluster
+        # asynchronous projections (audit trail, snapshots, portfolio analytics): one runner
+        # each, leased per cluster (server/tools.py projection_runners registers them)
         app.state.projections = projection_runners(store, plans)
         for name, runner in app.state.projections.items():
             tasks.append(asyncio.create_task(runner.run(), name=f"projection:{name}"))

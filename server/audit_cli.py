@@ -105,12 +105,12 @@ def register(sub: Any) -> None:
 
     rebuild = sub.add_parser(
         "rebuild",
-        help="drop a projection and rebuild it from position 0 (audit, snapshots)",
+        help="drop a projection and rebuild it from position 0 (audit, snapshots, analytics)",
         description=(
             "Resets the read model and applies the whole global log again, with a progress "
             "line. A running server keeps serving; when it runs the projection, it does the "
             "work and this command shows the progress."
         ),
     )
-    rebuild.add_argument("projection", choices=("audit", "snapshots"))
+    rebuild.add_argument("projection", choices=("audit", "snapshots", "analytics"))
     rebuild.set_defaults(run=_rebuild)

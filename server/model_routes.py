@@ -1,7 +1,9 @@
-"""Plan-model routes: health, templates, forks and lineage. Registered by server.http.routes().
+"""Plan-model routes: health, templates, forks, lineage and portfolio analytics. Registered
+by server.http.routes().
 
 Each route decodes, asks the pure functions in `domain/` and `projections/`, and answers.
-Portfolio analytics is not here yet: it needs the asynchronous projection runner.
+Portfolio analytics reads the rows of its asynchronous projection (projections/analytics.py),
+never the events.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from domain import chain
 from domain.access import authorize
 from domain.base import Context
 from domain.decider import decide, decide_all, recorded_onto
-from domain.errors import DomainError, Malformed
+from domain.errors import DomainError, Forbidden, Malformed
 from domain.forks import ChildPlanForked, ForkPlan, RecordFork, Seed, carried
 from domain.model import ChildLink, CompellingEvent, ParentLink, Plan, PlanKind
 from domain.plans import CreatePlan, PlanForked
 from domain.rules import MAX_TITLE
 from domain.templates import Skeleton, Template, check, from_plan, instantiate, try_out
 from domain.visibility import view_for
+from projections.analytics import Analytics, portfolio
 from projections.health import Health, health
 from server.codec import NewPlan, check_plan_id, decode, json_response, read_body
 from server.http import current_user, plan_for_member, services
@@ -95,6 +98,33 @@ async def get_health(request: Request) -> Response:
     return json_response(
         HealthOut(plan_id=plan.id, version=plan.version, **msgspec.structs.asdict(report))
     )
+
+
+# -- portfolio analytics ---------------------------------------------------------------------
+
+
+async def get_analytics(request: Request) -> Response:
+    """GET /analytics?seller_org=NAME: one seller organisation's figures, for admins and for
+    seller-side members of at least one of its plans (others 403, known org or not)."""
+    user = current_user(request)
+    org = request.query_params.get("seller_org", "")
+    if not org.strip() or len(org) > MAX_TITLE or not org.isprintable():
+        raise Malformed(
+            f"`seller_org` is required: 1 to {MAX_TITLE} printable characters", field="seller_org"
+        )
+    store: Store = request.app.state.store
+    if user not in request.app.state.settings.admins and not await store.is_seller_member(
+        org, user
+    ):
+        raise Forbidden(
+            "analytics are for admins and the seller-side members of the organisation's plans"
+        )
+    runner = getattr(request.app.state, "projections", {}).get("analytics")
+    if runner is not None:
+        runner.wake()  # the figures follow the log within moments; no waiting here
+    rows = await store.read_analytics(org)
+    report = await asyncio.to_thread(portfolio, org, rows, services(request).clock())
+    return json_response(report)
 
 
 # -- templates -------------------------------------------------------------------------------
@@ -357,7 +387,7 @@ async def get_lineage(request: Request) -> Response:
 def openapi(ref_template: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(paths, component schemas) of these routes, for the OpenAPI document."""
     _, components = msgspec.json.schema_components(
-        [HealthOut, Skeleton, Template, SaveAsTemplate, ForkIn, LineageOut],
+        [HealthOut, Skeleton, Template, SaveAsTemplate, ForkIn, LineageOut, Analytics],
         ref_template=ref_template,
     )
 
@@ -381,6 +411,23 @@ def openapi(ref_template: str) -> tuple[dict[str, Any], dict[str, Any]]:
         "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
     }
     paths = {
+        "/analytics": {
+            "get": {
+                "summary": "Portfolio analytics of a seller organisation (admins, its sellers)",
+                "parameters": [
+                    {
+                        "name": "seller_org",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_TITLE},
+                    }
+                ],
+                "responses": {
+                    "200": {"description": "the figures", "content": body("Analytics")},
+                    **errors("403 forbidden"),
+                },
+            }
+        },
         "/plans/{plan_id}/health": {
             "get": {
                 "summary": "Plan health: on_track, at_risk or stalled, findings, critical path, slack",
@@ -448,6 +495,7 @@ def openapi(ref_template: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def routes() -> list[Route]:
     return [
+        Route("/analytics", get_analytics, methods=["GET"]),
         Route("/plans/{plan_id}/health", get_health, methods=["GET"]),
         Route("/templates", list_templates, methods=["GET"]),
         Route("/templates", create_template, methods=["POST"]),

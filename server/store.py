@@ -17,6 +17,7 @@ import asyncpg
 import msgspec
 from asyncpg.pool import PoolConnectionProxy
 
+from projections.analytics import PlanFigures
 from projections.audit import AuditRow
 from projections.snapshots import SnapshotRow, checkpoint_name
 
@@ -437,6 +438,34 @@ class Store:
             clear=[("DELETE FROM audit_trail", ())],
         )
 
+    def analytics_table(self, name: str = "analytics") -> ProjectionTable[PlanFigures]:
+        """The portfolio analytics read model (table analytics_plans) under checkpoint `name`."""
+        return ProjectionTable(
+            self.pool,
+            name,
+            insert=_UPSERT_ANALYTICS,
+            args=_analytics_args,
+            clear=[("DELETE FROM analytics_plans", ())],
+        )
+
+    async def read_analytics(self, seller_org: str) -> list[PlanFigures]:
+        """The analytics rows of one seller organisation's plans."""
+        rows = await self.pool.fetch(
+            "SELECT figures::text AS figures FROM analytics_plans WHERE seller_org = $1",
+            seller_org,
+        )
+        return [_figures_decoder.decode(r["figures"]) for r in rows]
+
+    async def is_seller_member(self, seller_org: str, email: str) -> bool:
+        """Whether `email` is a seller-side member of at least one plan of `seller_org`."""
+        found = await self.pool.fetchval(
+            "SELECT 1 FROM analytics_plans WHERE seller_org = $1 AND $2 = ANY(seller_members)"
+            " LIMIT 1",
+            seller_org,
+            email,
+        )
+        return found is not None
+
     def snapshot_table(self, schema: str) -> ProjectionTable[SnapshotRow]:
         """The snapshots of one state fingerprint; its checkpoint is named after it.
 
@@ -529,7 +558,22 @@ FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[])
 ON CONFLICT DO NOTHING
 """
 
+# One row per plan: a batch carries each plan's latest figures once; a row never goes back
+# to an older version.
+_UPSERT_ANALYTICS = """
+INSERT INTO analytics_plans (plan_id, version, seller_org, seller_members, figures)
+SELECT r.plan_id, r.version, r.seller_org,
+       ARRAY(SELECT json_array_elements_text(r.seller_members::json)), r.figures::json
+FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[])
+     AS r(plan_id, version, seller_org, seller_members, figures)
+ON CONFLICT (plan_id) DO UPDATE
+SET version = EXCLUDED.version, seller_org = EXCLUDED.seller_org,
+    seller_members = EXCLUDED.seller_members, figures = EXCLUDED.figures
+WHERE analytics_plans.version <= EXCLUDED.version
+"""
+
 _row_encoder = msgspec.json.Encoder()
+_figures_decoder = msgspec.json.Decoder(PlanFigures)
 
 
 def _audit_args(rows: Sequence[AuditRow]) -> list[Any]:
@@ -543,6 +587,16 @@ def _audit_args(rows: Sequence[AuditRow]) -> list[Any]:
         [r.actor_name for r in rows],
         [_row_encoder.encode(r.items).decode() for r in rows],
         [r.audience for r in rows],
+        [_row_encoder.encode(r).decode() for r in rows],
+    ]
+
+
+def _analytics_args(rows: Sequence[PlanFigures]) -> list[Any]:
+    return [
+        [r.plan_id for r in rows],
+        [r.version for r in rows],
+        [r.seller_org for r in rows],
+        [_row_encoder.encode(r.seller_members).decode() for r in rows],
         [_row_encoder.encode(r).decode() for r in rows],
     ]
 

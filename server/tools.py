@@ -21,6 +21,7 @@ from domain.base import Recorded
 from domain.decider import decode_event, evolve
 from domain.errors import Malformed, MapstreamError, NotFound
 from domain.model import Plan, Side
+from projections.analytics import AnalyticsProjection
 from projections.audit import AuditProjection
 from projections.runner import ProjectionRunner
 from projections.snapshots import DENSE_BYTES, EVERY, SCHEMA, SnapshotProjection, encode_state
@@ -29,7 +30,7 @@ from server.plans import PlanService
 from server.settings import Settings
 from server.store import AuditQuery, Store, StoredEvent
 
-PROJECTIONS = ("audit", "snapshots")
+PROJECTIONS = ("audit", "snapshots", "analytics")
 _PAGE = 5000
 
 
@@ -46,7 +47,10 @@ def projection_runners(
         store.snapshot_table(SCHEMA),
         store,
     )
-    return {"audit": audit, "snapshots": snapshots}
+    analytics: ProjectionRunner[Any] = ProjectionRunner(
+        AnalyticsProjection(plans.at_version), store.analytics_table(), store
+    )
+    return {"audit": audit, "snapshots": snapshots, "analytics": analytics}
 
 
 # -- the hash chain ------------------------------------------------------------------------

@@ -78,12 +78,14 @@ async def test_rebuild_without_a_server_does_the_work_itself(
     audit_db: str, audit_pool: asyncpg.Pool, tmp_path: Path
 ):
     env = cli_env(audit_db, tmp_path)
-    for projection in ("audit", "snapshots"):
+    for projection in ("audit", "snapshots", "analytics"):
         done = await mapstream(env, "rebuild", projection)
         assert done.returncode == 0, done.stderr
         assert f"{projection}: rebuilding from position 0" in done.stderr
         assert "(100%)" in done.stderr and "done" in done.stderr
     events = await audit_pool.fetchval("SELECT count(*) FROM events")
     assert await audit_pool.fetchval("SELECT count(*) FROM audit_trail") == events
+    plans = await audit_pool.fetchval("SELECT count(DISTINCT plan_id) FROM events")
+    assert await audit_pool.fetchval("SELECT count(*) FROM analytics_plans") == plans
     done = await mapstream(env, "rebuild", "health")
     assert done.returncode == 2 and "invalid choice" in done.stderr
