@@ -131,7 +131,7 @@ frames = st.one_of(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(batch=st.lists(frames, min_size=1, max_size=8))
-def test_garbage_frames_never_crash_the_socket_or_leak(
+async def test_garbage_frames_never_crash_the_socket_or_leak(
     server: ServerProcess, batch: list[str | bytes]
 ):
     async def run() -> None:
@@ -154,7 +154,7 @@ def test_garbage_frames_never_crash_the_socket_or_leak(
         async with httpx.AsyncClient(base_url=server.url) as http:
             assert (await http.get("/healthz")).status_code == 200
 
-    asyncio.run(run())
+    await run()
 
 
 def test_rotated_secrets_are_accepted_and_tampered_tokens_refused():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import date
 
@@ -102,9 +101,9 @@ async def _scenario(url: str, cmds: list[PlanCommand], expected: list[int | None
     cmds=st.lists(commands, min_size=1, max_size=12),
     stale=st.lists(st.booleans(), min_size=12, max_size=12),
 )
-def test_stored_state_is_the_fold_and_refusals_change_nothing(database_url: str, cmds, stale):
+async def test_stored_state_is_the_fold_and_refusals_change_nothing(database_url: str, cmds, stale):
     # every third-ish command names an expected_version that may be stale
     expected: list[int | None] = [
         1 if s and n % 3 == 0 else None for n, s in enumerate(stale[: len(cmds)])
     ]
-    asyncio.run(_scenario(database_url, cmds, expected))
+    await _scenario(database_url, cmds, expected)

@@ -56,8 +56,8 @@ async def _every_version(url: str, script: list[tuple[str, object]]) -> None:
 
 @settings(max_examples=15)
 @given(script=scripts)
-def test_the_plan_at_version_k_is_the_fold_of_its_first_k_events(audit_db: str, script):
-    asyncio.run(_every_version(audit_db, script))
+async def test_the_plan_at_version_k_is_the_fold_of_its_first_k_events(audit_db: str, script):
+    await _every_version(audit_db, script)
 
 
 async def _plan_with_snapshots(store: Store, service: PlanService) -> str:

@@ -5,7 +5,6 @@ computable on any plan, and any such plan, once won, forks into a plan with the 
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
@@ -294,5 +293,7 @@ async def _scenario(url: str, data: st.DataObject, length: int) -> None:
 
 
 @given(data=st.data(), length=st.integers(5, 30))
-def test_valid_sequences_are_accepted_and_keep_the_laws(database_url: str, data: Any, length: int):
-    asyncio.run(_scenario(database_url, data, length))
+async def test_valid_sequences_are_accepted_and_keep_the_laws(
+    database_url: str, data: Any, length: int
+):
+    await _scenario(database_url, data, length)
