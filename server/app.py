@@ -166,7 +166,10 @@ def create_app(settings: Settings, *, demo: bool = False, announce: str | None =
         return json_response(body, status_code=500)
 
     ws_settings = WSSettings(
-        queue_limit=settings.ws_queue_limit, subscribe_delay=settings.debug_subscribe_delay
+        queue_limit=settings.ws_queue_limit,
+        max_subscriptions=settings.ws_max_subscriptions,
+        max_message_bytes=settings.ws_max_message_bytes,
+        subscribe_delay=settings.debug_subscribe_delay,
     )
 
     async def websocket_endpoint(websocket: WebSocket) -> None:

@@ -26,6 +26,8 @@ class Settings(msgspec.Struct, frozen=True):
     presence_ttl: float = 30.0
     debug_subscribe_delay: float = 0.0
     ws_deflate: bool = False
+    ws_max_subscriptions: int = 100
+    ws_max_message_bytes: int = 256 * 1024
     command_rate: float = 20.0
     command_burst: int = 60
     read_rate: float = 50.0
@@ -78,6 +80,8 @@ def load_settings(**overrides: object) -> Settings:
         "ws_queue_limit": int(env.get("MAPSTREAM_WS_QUEUE", "1024")),
         "presence_ttl": float(env.get("MAPSTREAM_PRESENCE_TTL", "30")),
         "debug_subscribe_delay": float(env.get("MAPSTREAM_DEBUG_SUBSCRIBE_DELAY", "0")),
+        "ws_max_subscriptions": int(env.get("MAPSTREAM_WS_MAX_SUBSCRIPTIONS", "100")),
+        "ws_max_message_bytes": int(env.get("MAPSTREAM_WS_MAX_MESSAGE_BYTES", str(256 * 1024))),
         "ws_deflate": env.get("MAPSTREAM_WS_DEFLATE", "0").lower() in ("1", "true", "yes"),
         "command_rate": float(env.get("MAPSTREAM_COMMAND_RATE", "20")),
         "command_burst": int(env.get("MAPSTREAM_COMMAND_BURST", "60")),

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from tests.support import auth, running_app, settings_for, token
 
@@ -472,3 +473,39 @@ async def test_presence_never_tells_the_other_side_which_internal_item_is_open(s
             if m["op"] == "error":
                 assert m["code"] == "not_found"
                 break
+
+
+async def test_socket_limits_and_an_expired_token(database_url: str, tmp_path: Path):
+    from server.tokens import issue
+    from tests.support import SECRET
+
+    settings = settings_for(
+        database_url, tmp_path, ws_max_subscriptions=1, ws_max_message_bytes=2000
+    )
+    async with running_app(settings) as base, httpx.AsyncClient(base_url=base) as http:
+        ids = []
+        for _ in range(2):
+            r = await http.post(
+                "/plans",
+                json={"title": "Deal", "buyer_org": "B", "seller_org": "S", "side": "seller"},
+                headers=auth(SELLER),
+            )
+            ids.append(r.json()["plan_id"])
+        ws_url = base.replace("http", "ws") + "/ws"
+        async with connect(ws_url) as ws:
+            await ws.send(json.dumps({"op": "auth", "token": token(SELLER)}))
+            await ws.recv()
+            await ws.send(json.dumps({"op": "subscribe", "plan_id": ids[0]}))
+            await ws.send(json.dumps({"op": "subscribe", "plan_id": ids[1]}))
+            await ws.send(json.dumps({"op": "ping", "pad": "x" * 3000}))
+            errors: list[str] = []
+            while len(errors) < 2:
+                m = json.loads(await ws.recv())
+                if m["op"] == "error":
+                    errors.append(m["code"])
+            assert errors == ["malformed", "payload_too_large"]
+        async with connect(ws_url) as ws:
+            await ws.send(json.dumps({"op": "auth", "token": issue(SELLER, SECRET, -5)}))
+            with pytest.raises(ConnectionClosed) as caught:
+                await ws.recv()
+            assert caught.value.rcvd is not None and caught.value.rcvd.code == 4001

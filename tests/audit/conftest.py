@@ -46,6 +46,14 @@ async def audit_db() -> AsyncIterator[str]:
     await drop_database(admin, name)
 
 
+@pytest.fixture(scope="module")
+async def runner_db() -> AsyncIterator[str]:
+    """A database of its own for the runner property test (see the note in test_runner.py)."""
+    admin, name, url = await _fresh_database()
+    yield url
+    await drop_database(admin, name)
+
+
 @pytest.fixture(scope="package")
 async def audit_pool(audit_db: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await asyncpg.create_pool(audit_db, min_size=2, max_size=12)
