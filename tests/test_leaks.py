@@ -60,7 +60,7 @@ async def socket_for(base: str, who: str) -> ClientConnection:
 async def frames_until(ws: ClientConnection, version: int) -> list[str]:
     """Every frame up to the one that brings the plan to `version` (event or snapshot)."""
     frames: list[str] = []
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(60):
         while True:
             frame = str(await ws.recv())
             frames.append(frame)
@@ -74,7 +74,7 @@ async def frames_until(ws: ClientConnection, version: int) -> list[str]:
 
 async def audit(http: httpx.AsyncClient, plan_id: str, who: str) -> httpx.Response:
     """GET /audit once the asynchronous trail has caught up (`complete`)."""
-    async with asyncio.timeout(20):
+    async with asyncio.timeout(90):
         while True:
             r = await http.get(f"/plans/{plan_id}/audit", headers=auth(who))
             assert r.status_code == 200, r.text
