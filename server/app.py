@@ -18,6 +18,7 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
 from domain.errors import MapstreamError
+from server import observability, webhooks
 from server.codec import json_response
 from server.database import apply_schema, resolve_database_url, wait_for_database
 from server.errors import RateLimited, database_down, error_body, status_of
@@ -125,6 +126,7 @@ def create_app(settings: Settings, *, demo: bool = False, announce: str | None =
         app.state.projections = projection_runners(store, plans)
         for name, runner in app.state.projections.items():
             tasks.append(asyncio.create_task(runner.run(), name=f"projection:{name}"))
+        tasks.extend(webhooks.start(app))
         await follower.started.wait()
         if demo:
             await _seed_demo(app, settings, announce)
@@ -189,5 +191,6 @@ def create_app(settings: Settings, *, demo: bool = False, announce: str | None =
     return Starlette(
         routes=[*routes(), WebSocketRoute("/ws", websocket_endpoint)],
         lifespan=lifespan,
+        middleware=observability.middleware(),
         exception_handlers={MapstreamError: on_error, HTTPException: on_http, Exception: on_crash},
     )

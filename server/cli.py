@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit_cli.register(sub)
 
+    from server import backup, importer, webhooks
+
+    webhooks.register(sub)
+    importer.register(sub)
+    backup.register(sub)
+
     watch = sub.add_parser("watch", help="print a plan's events live (reconnects and resumes)")
     watch.add_argument("plan_id")
     watch.add_argument("--url", default="ws://127.0.0.1:8000/ws", help="hub URL")

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from domain.access import authorize
 from domain.errors import Forbidden, Malformed, MapstreamError, NotFound
@@ -324,13 +324,25 @@ async def healthz(request: Request) -> Response:
     return json_response({"status": "ok", "database": "ok"})
 
 
-def routes() -> list[Route]:
-    from server import audit_routes, export_routes, model_routes
+def routes() -> list[BaseRoute]:
+    from server import (
+        audit_routes,
+        export_routes,
+        importer,
+        model_routes,
+        observability,
+        web_client,
+        webhooks,
+    )
 
     return [
         *audit_routes.routes(),
         *model_routes.routes(),
         *export_routes.routes(),
+        *webhooks.routes(),
+        *importer.routes(),
+        *observability.routes(),
+        *web_client.routes(),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/plans", create_plan, methods=["POST"]),
         Route("/plans/{plan_id}", get_plan, methods=["GET"]),

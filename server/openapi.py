@@ -302,6 +302,12 @@ def build() -> dict[str, Any]:
     audit_paths, audit_components = audit_routes.openapi(_REF)
     paths.update(audit_paths)
     components.update(audit_components)
+    from server import importer, observability, web_client, webhooks
+
+    for module in (webhooks, importer, observability, web_client):
+        more_paths, more_components = module.openapi(_REF)
+        paths.update(more_paths)
+        components.update(more_components)
     for item in paths.values():
         for op in item.values():
             op.setdefault("security", security)
