@@ -154,6 +154,7 @@ class ProjectionRunner(Generic[Row]):
         # before the transaction commits (raise or hang here to simulate a crash).
         self.before_commit: Hook | None = None
         self._wake = asyncio.Event()
+        self._stepping: asyncio.Task[object] | None = None
 
     @property
     def name(self) -> str:
@@ -165,16 +166,30 @@ class ProjectionRunner(Generic[Row]):
 
     async def step(self) -> int:
         """Apply the next batch. Returns how many events this call committed."""
+        if self._stepping is not None:
+            raise RuntimeError(
+                f"projection {self.name}: step() called while {self._stepping} is in one; "
+                "a runner is not re-entrant"
+            )
+        self._stepping = asyncio.current_task()
+        try:
+            return await self._step()
+        finally:
+            self._stepping = None
+
+    async def _step(self) -> int:
         if self.cursor is None:
             self.cursor = await self.model.checkpoint()
-        events = await self.log.read_log(self.cursor, self.batch)
+        start = self.cursor
+        events = await self.log.read_log(start, self.batch)
         if not events:
             return 0
+        end = events[-1].cursor
+        if end <= start:
+            raise RuntimeError(f"projection {self.name}: the log went back from {start} to {end}")
         try:
             rows = await self.projection.project(events)
-            committed = await self.model.commit(
-                self.cursor, events[-1].cursor, rows, self.before_commit
-            )
+            committed = await self.model.commit(start, end, rows, self.before_commit)
         except BaseException:
             # the transaction rolled back: nothing of this batch is applied
             self._forget()
@@ -184,7 +199,7 @@ class ProjectionRunner(Generic[Row]):
             log.info("projection %s: checkpoint moved under us, re-reading it", self.name)
             self._forget()
             return 0
-        self.cursor = events[-1].cursor
+        self.cursor = end
         self.applied += len(events)
         return len(events)
 

@@ -301,7 +301,7 @@ class Store:
             f"SELECT {_EVENT_COLUMNS} FROM events"
             " WHERE (transaction_id, position) > ($1::text::xid8, $2::bigint)"
             "   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())"
-            " ORDER BY transaction_id, position LIMIT $3",
+            " ORDER BY events.transaction_id, events.position LIMIT $3",
             str(after[0]),
             after[1],
             limit,
@@ -313,7 +313,7 @@ class Store:
         row = await self.pool.fetchrow(
             "SELECT transaction_id::text AS transaction_id, position FROM events"
             " WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())"
-            " ORDER BY transaction_id DESC, position DESC LIMIT 1"
+            " ORDER BY events.transaction_id DESC, events.position DESC LIMIT 1"
         )
         return LOG_START if row is None else (int(row["transaction_id"]), row["position"])
 

@@ -85,11 +85,6 @@ async def _scenario(pool: asyncpg.Pool, steps: list[tuple[str, Any, bool, bool]]
     assert rebuilt == await expected_rows(store, plan_id)
 
 
-@pytest.mark.skip(
-    reason="known bug, see the session note: on a brand-new PostgreSQL cluster the live audit "
-    "runner stops advancing at a plan boundary (checkpoint stuck, catch_up makes no progress); "
-    "passes on a reused cluster. Fix the runner, then remove this skip."
-)
 @settings(max_examples=20)
 @given(
     steps=st.lists(

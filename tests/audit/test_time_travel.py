@@ -7,7 +7,6 @@ import asyncio
 import asyncpg
 import httpx
 import msgspec
-import pytest
 from hypothesis import given, settings
 
 from domain import comments as co
@@ -55,10 +54,6 @@ async def _every_version(url: str, script: list[tuple[str, object]]) -> None:
         await pool.close()
 
 
-@pytest.mark.skip(
-    reason="known bug, see the session note: on a brand-new PostgreSQL cluster the projection "
-    "runner's catch_up stalls in this property test; passes on a reused cluster"
-)
 @settings(max_examples=15)
 @given(script=scripts)
 async def test_the_plan_at_version_k_is_the_fold_of_its_first_k_events(audit_db: str, script):
@@ -75,9 +70,6 @@ async def _plan_with_snapshots(store: Store, service: PlanService) -> str:
     return plan_id  # 25 events, snapshots at 10 and 20
 
 
-@pytest.mark.skip(
-    reason="known bug, see the session note: on a brand-new PostgreSQL cluster (a fresh clone) the global log horizon stalls in the snapshot tests (settled() times out); passes on a reused cluster"
-)
 async def test_a_snapshot_of_another_chain_or_shape_is_never_used(
     audit_store: Store, audit_service: PlanService
 ):
@@ -97,9 +89,6 @@ async def test_a_snapshot_of_another_chain_or_shape_is_never_used(
     assert await audit_service.at_version(plan_id, 23) == truth
 
 
-@pytest.mark.skip(
-    reason="known bug, see the session note: on a brand-new PostgreSQL cluster (a fresh clone) the global log horizon stalls in the snapshot tests (settled() times out); passes on a reused cluster"
-)
 async def test_verify_finds_a_snapshot_that_disagrees_with_the_fold_and_drops_it(
     audit_store: Store, audit_service: PlanService
 ):
@@ -119,9 +108,6 @@ async def test_verify_finds_a_snapshot_that_disagrees_with_the_fold_and_drops_it
     assert await check_snapshots(audit_store, plan_id, events) == []
 
 
-@pytest.mark.skip(
-    reason="known bug, see the session note: on a brand-new PostgreSQL cluster (a fresh clone) the global log horizon stalls in the snapshot tests (settled() times out); passes on a reused cluster"
-)
 async def test_a_new_state_shape_rebuilds_its_snapshots_from_zero_and_ignores_the_old(
     audit_store: Store, audit_service: PlanService
 ):
