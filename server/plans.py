@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import msgspec
 
 from domain import chain
@@ -30,6 +31,7 @@ from projections.snapshots import EVERY as SNAPSHOT_EVERY
 from projections.snapshots import SCHEMA as SNAPSHOT_SCHEMA
 from server.store import (
     Appended,
+    AppendRequest,
     DuplicateCommand,
     NewCommand,
     NewEvent,
@@ -153,6 +155,91 @@ class _Writer:
     task: asyncio.Task[None] | None = None
 
 
+class GroupCommit:
+    """Cross-plan group commit: the flushers of different plans hand their ready batches here.
+
+    Up to `inflight` statements run at once; batches that arrive meanwhile wait and then go
+    together in ONE statement (`Store.append_many`), so many plans with one writer each pay
+    one round trip and one commit per group rather than per command. An idle service adds
+    no wait: a batch goes at once when a statement slot is free. When the group statement
+    fails as a whole (a duplicate command id, a deadlock with another instance), each batch
+    is appended on its own so each flusher gets its own answer.
+    """
+
+    def __init__(self, store: Store, *, inflight: int = 2, max_plans: int = 64) -> None:
+        self.store = store
+        self.inflight = inflight
+        self.max_plans = max_plans
+        self._ready: list[tuple[AppendRequest, asyncio.Future[Appended | Stale]]] = []
+        self._running = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.grouped = 0  # batches that went in a group statement (for tests and metrics)
+        self.fallbacks = 0  # group statements refused as a whole, then appended one by one
+
+    async def append(self, request: AppendRequest) -> Appended | Stale:
+        if request.base_version == 0:  # a new plan: its row is inserted, not moved
+            return await self._alone(request)
+        future: asyncio.Future[Appended | Stale] = asyncio.get_running_loop().create_future()
+        self._ready.append((request, future))
+        self._start()
+        return await future
+
+    def _start(self) -> None:
+        while self._ready and self._running < self.inflight:
+            group, self._ready = self._ready[: self.max_plans], self._ready[self.max_plans :]
+            self._running += 1
+            task = asyncio.create_task(self._commit(group), name="group-commit")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _commit(
+        self, group: list[tuple[AppendRequest, asyncio.Future[Appended | Stale]]]
+    ) -> None:
+        try:
+            if len(group) == 1:
+                await self._settle(*group[0])
+                return
+            try:
+                results = await self.store.append_many([r for r, _ in group])
+            except (DuplicateCommand, asyncpg.DeadlockDetectedError):
+                self.fallbacks += 1
+                await asyncio.gather(*(self._settle(r, f) for r, f in group))
+                return
+            except BaseException as exc:
+                for _, future in group:
+                    if not future.done():
+                        future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            self.grouped += len(group)
+            for (_, future), result in zip(group, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+        finally:
+            self._running -= 1
+            self._start()
+
+    async def _settle(
+        self, request: AppendRequest, future: asyncio.Future[Appended | Stale]
+    ) -> None:
+        try:
+            result = await self._alone(request)
+        except BaseException as exc:
+            if not future.done():
+                future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            if not future.done():
+                future.set_result(result)
+
+    async def _alone(self, r: AppendRequest) -> Appended | Stale:
+        return await self.store.append(
+            r.plan_id, r.base_version, r.head_hash, r.state, r.recorded_at, r.commands, r.events
+        )
+
+
 class PlanService:
     """Handles commands and reads for plans. One per process, built in the app lifespan."""
 
@@ -168,6 +255,7 @@ class PlanService:
         self.on_append = on_append
         self._writers: dict[str, _Writer] = {}
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        self._group = GroupCommit(store)
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -307,10 +395,11 @@ class PlanService:
             state = (
                 _encoder.encode(plan).decode() if base.state_is_due(plan.version, added) else None
             )
+            request = AppendRequest(
+                plan_id, base.plan.version, head, state, at, new_commands, new_events
+            )
             try:
-                result = await self.store.append(
-                    plan_id, base.plan.version, head, state, at, new_commands, new_events
-                )
+                result = await self._group.append(request)
             except DuplicateCommand:
                 self._cache.pop(plan_id, None)
                 continue  # answer the known ids from the store on the next pass

@@ -166,6 +166,58 @@ _APPEND_NEW = _APPEND_EXISTING.replace(
 )
 
 
+# Several plans' batches in one statement (cross-plan group commit): each plan row moves from
+# its own base (a stale one matches no row and its events are not inserted; the others go
+# ahead), one round trip and one commit for all of them. Rows are locked in plan_id order
+# (requests come sorted), which keeps two instances batching the same plans from deadlocking
+# in the common case; a deadlock or a duplicate command id aborts the whole statement, and
+# the caller then appends each plan on its own.
+_APPEND_MANY = """
+WITH req AS (
+    SELECT * FROM unnest($1::text[], $2::int[], $3::int[], $4::text[], $5::text[],
+                         $6::timestamptz[])
+         AS r(plan_id, base, new_version, head_hash, state, at)
+), moved AS (
+    UPDATE plans p SET version = r.new_version, head_hash = r.head_hash, updated_at = r.at,
+        state = COALESCE(r.state::json, p.state),
+        state_version = CASE WHEN r.state IS NULL THEN p.state_version ELSE r.new_version END
+    FROM req r
+    WHERE p.plan_id = r.plan_id AND p.version = r.base
+    RETURNING p.plan_id, r.at
+), added AS (
+    INSERT INTO events (plan_id, version, type, schema_version, data, actor, command_id,
+                        command_first, correlation_id, recorded_at, audience, data_digest, hash)
+    SELECT e.plan_id, e.version, e.type, e.schema_version, e.data::json, e.actor, e.command_id,
+           e.command_first, e.correlation_id, m.at, e.audience, e.digest, e.hash
+    FROM unnest($7::text[], $8::int[], $9::text[], $10::smallint[], $11::text[], $12::text[],
+                $13::text[], $14::bool[], $15::text[], $16::text[], $17::text[], $18::text[])
+         WITH ORDINALITY AS e(plan_id, version, type, schema_version, data, actor, command_id,
+                              command_first, correlation_id, audience, digest, hash, n)
+    JOIN moved m ON m.plan_id = e.plan_id
+    ORDER BY e.n
+    RETURNING plan_id, position, version
+)
+SELECT r.plan_id,
+       EXISTS (SELECT 1 FROM moved m WHERE m.plan_id = r.plan_id) AS moved,
+       (SELECT array_agg(a.position ORDER BY a.version) FROM added a
+         WHERE a.plan_id = r.plan_id) AS positions,
+       (SELECT p.version FROM plans p WHERE p.plan_id = r.plan_id) AS current_version
+FROM req r
+"""
+
+
+class AppendRequest(msgspec.Struct, frozen=True):
+    """One plan's batch for `Store.append_many` (the arguments of `Store.append`)."""
+
+    plan_id: str
+    base_version: int
+    head_hash: str
+    state: str | None
+    recorded_at: datetime
+    commands: Sequence[NewCommand]
+    events: Sequence[NewEvent]
+
+
 class Store:
     """The event store over an asyncpg pool."""
 
@@ -238,6 +290,51 @@ class Store:
         if row["moved"] == 0:
             return Stale(row["current_version"] or 0)
         return Appended(list(row["positions"] or []))
+
+    async def append_many(self, requests: Sequence[AppendRequest]) -> list[Appended | Stale]:
+        """`append` for several existing plans (distinct ids) in one statement and commit.
+
+        Raises DuplicateCommand when any command id was recorded before, and
+        asyncpg.DeadlockDetectedError when another writer locked the same plans in another
+        order: nothing is written then, and the caller appends each plan on its own."""
+        reqs = sorted(requests, key=lambda r: r.plan_id)
+        events = [(r, e) for r in reqs for e in r.events]
+        firsts = {(r.plan_id, c.first_version) for r in reqs for c in r.commands}
+        args: list[Any] = [
+            [r.plan_id for r in reqs],
+            [r.base_version for r in reqs],
+            [r.events[-1].version if r.events else r.base_version for r in reqs],
+            [r.head_hash for r in reqs],
+            [r.state for r in reqs],
+            [r.recorded_at for r in reqs],
+            [r.plan_id for r, _ in events],
+            [e.version for _, e in events],
+            [e.type for _, e in events],
+            [e.schema_version for _, e in events],
+            [e.data for _, e in events],
+            [e.actor for _, e in events],
+            [e.command_id for _, e in events],
+            [e.command_id is not None and (r.plan_id, e.version) in firsts for r, e in events],
+            [e.correlation_id for _, e in events],
+            [e.audience for _, e in events],
+            [e.data_digest for _, e in events],
+            [e.hash for _, e in events],
+        ]
+        try:
+            rows = await self.pool.fetch(_APPEND_MANY, *args)
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name == "events_command_once":
+                raise DuplicateCommand(str(exc)) from exc
+            raise
+        by_plan = {r["plan_id"]: r for r in rows}
+        results: list[Appended | Stale] = []
+        for req in requests:
+            row = by_plan[req.plan_id]
+            if not row["moved"]:
+                results.append(Stale(row["current_version"] or 0))
+            else:
+                results.append(Appended(list(row["positions"] or [])))
+        return results
 
     async def command_results(
         self, plan_id: str, command_ids: Sequence[str]

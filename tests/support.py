@@ -90,7 +90,11 @@ def settings_for(database_url: str, tmp: Path, **overrides: Any) -> Settings:
 @asynccontextmanager
 async def running_app(settings: Settings) -> AsyncIterator[str]:
     """The app under a real uvicorn on a free port, in this process. Yields its base URL."""
-    port = free_port()
+    # bind here and hand the socket over: no window in which another process takes the port
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = int(sock.getsockname()[1])
     config = uvicorn.Config(
         create_app(settings),
         host="127.0.0.1",
@@ -101,7 +105,7 @@ async def running_app(settings: Settings) -> AsyncIterator[str]:
         lifespan="on",
     )
     server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():
             task.result()
@@ -111,7 +115,10 @@ async def running_app(settings: Settings) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
-        await asyncio.wait_for(task, 15)
+        try:
+            await asyncio.wait_for(task, 15)
+        finally:
+            sock.close()
 
 
 class ServerProcess:
