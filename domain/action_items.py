@@ -168,6 +168,16 @@ def set_action_item_status(plan: Plan, cmd: SetActionItemStatus, ctx: Context) -
     _visible_to_actor(current, ctx)
     if current.status == cmd.status:
         return []
+    if current.status == "done" and current.owner is not None:
+        # reopening: a removed stakeholder may own done items, never open ones
+        owner = plan.stakeholders.get(current.owner)
+        if owner is None or not owner.active:
+            raise DomainError(
+                "owner_removed",
+                f"'{current.title}' is owned by {current.owner!r}, who is no longer a "
+                "stakeholder: assign a current owner first (update_action_item), then reopen it",
+                item_id=cmd.id,
+            )
     return [ActionItemStatusChanged(id=cmd.id, status=cmd.status, previous=current.status)]
 
 

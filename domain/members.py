@@ -105,19 +105,21 @@ def join_plan(plan: Plan, cmd: JoinPlan, ctx: Context) -> list[Event]:
 
 
 def change_member_role(plan: Plan, cmd: ChangeMemberRole, ctx: Context) -> list[Event]:
-    m = _member(plan, cmd.email)
+    email = cmd.email.strip().lower()  # members are keyed by the lower-cased address
+    m = _member(plan, email)
     if m.role == cmd.role:
         return []
     if m.role == "owner":
-        _keep_an_owner(plan, cmd.email)
-    return [MemberRoleChanged(email=cmd.email, role=cmd.role, previous=m.role)]
+        _keep_an_owner(plan, email)
+    return [MemberRoleChanged(email=email, role=cmd.role, previous=m.role)]
 
 
 def revoke_member(plan: Plan, cmd: RevokeMember, ctx: Context) -> list[Event]:
-    m = _member(plan, cmd.email)
+    email = cmd.email.strip().lower()
+    m = _member(plan, email)
     if m.role == "owner":
-        _keep_an_owner(plan, cmd.email)
-    return [MemberRevoked(email=cmd.email)]
+        _keep_an_owner(plan, email)
+    return [MemberRevoked(email=email)]
 
 
 def member_added(plan: Plan, e: MemberAdded) -> Plan:

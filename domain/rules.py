@@ -34,6 +34,8 @@ def require_owner(plan: Plan, owner: str | None, field: str = "owner") -> None:
 
 
 def require_new_id(plan: Plan, item_id: str) -> None:
+    if not item_id.strip():
+        raise Malformed("an item id must not be empty", field="id")
     # "plan" is what a comment on the plan itself names: an item must not take it
     if item_id == "plan" or plan.has_item(item_id):
         raise DomainError("duplicate_id", f"an item with id {item_id!r} already exists")

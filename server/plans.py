@@ -94,9 +94,36 @@ class RedactedOut(msgspec.Struct, frozen=True):
     type: str = "Redacted"
 
 
+class WithdrawnOut(RedactedOut, frozen=True):
+    """The other side made a shared item internal: the placeholder names the item that left
+    your view (drop it, its comments and its dependencies); its new content stays hidden."""
+
+    withdrawn: list[str] = []
+
+
+class _Withdrawal(msgspec.Struct):
+    id: str = ""
+    changes: dict[str, Any] = {}
+
+
+_withdrawal = msgspec.json.Decoder(_Withdrawal)
+
+
 def event_out(e: StoredEvent, side: str | None = None) -> EventOut | RedactedOut:
     """`e` as `side` may see it (None: everything, for admins and auditors of the full log)."""
     if side is not None and e.audience is not None and e.audience != side:
+        if e.type == "ActionItemUpdated":
+            update = _withdrawal.decode(e.data)
+            if update.changes.get("visibility") == "internal":
+                return WithdrawnOut(
+                    e.plan_id,
+                    e.version,
+                    e.position,
+                    e.data_digest,
+                    e.hash,
+                    e.recorded_at,
+                    withdrawn=[update.id],
+                )
         return RedactedOut(e.plan_id, e.version, e.position, e.data_digest, e.hash, e.recorded_at)
     return EventOut(
         plan_id=e.plan_id,

@@ -184,3 +184,43 @@ async def test_a_seller_internal_item_reaches_the_buyer_on_no_surface(leak_base:
         assert [f for f in frames if leaks(f)] == []
         redacted = [f for f in frames if '"Redacted"' in f]
         assert len(redacted) == 2 * 4  # live and replay: the item, its comment, status, slip
+
+
+async def test_an_item_made_internal_is_withdrawn_from_the_other_side_without_its_content(
+    leak_base: str,
+):
+    async with httpx.AsyncClient(base_url=leak_base, timeout=20) as http:
+        r = await http.post(
+            "/plans",
+            json={"title": "Deal", "buyer_org": "B", "seller_org": "S", "side": "seller"},
+            headers=auth(SELLER),
+        )
+        plan_id: str = r.json()["plan_id"]
+        await post(http, plan_id, "add_member", {"email": BUYER, "side": "buyer", "role": "editor"})
+        await post(http, plan_id, "add_milestone", {"id": "m1", "title": "Business case"})
+        await post(
+            http,
+            plan_id,
+            "add_action_item",
+            {"id": "price", "milestone_id": "m1", "title": "Price"},
+        )
+        live = await socket_for(leak_base, BUYER)
+        await live.send(json.dumps({"op": "subscribe", "plan_id": plan_id}))
+        version = await post(
+            http,
+            plan_id,
+            "update_action_item",
+            {"id": "price", "visibility": "internal", "title": SECRET},
+        )
+        frames = await frames_until(live, version)
+        await live.close()
+        last = json.loads(frames[-1])["event"]
+        assert last["type"] == "Redacted" and last["withdrawn"] == ["price"]
+        assert leaks("".join(frames)) == []
+        buyer_view = await http.get(f"/plans/{plan_id}", headers=auth(BUYER))
+        assert "price" not in buyer_view.json()["state"]["action_items"]
+        seller_view = await http.get(f"/plans/{plan_id}", headers=auth(SELLER))
+        assert seller_view.json()["state"]["action_items"]["price"]["title"] == SECRET
+        # the other surfaces (GET /events) say the same
+        events = await http.get(f"/plans/{plan_id}/events", headers=auth(BUYER))
+        assert events.json()["events"][-1]["withdrawn"] == ["price"]

@@ -1845,3 +1845,35 @@ def test_a_closed_plan_can_still_record_a_fork_but_takes_no_endorsement():
     assert when(plan, RecordFork(child_plan_id="c", title="t")) == [
         ChildPlanForked(child_plan_id="c", title="t")
     ]
+
+
+def test_member_commands_match_emails_whatever_their_case_and_the_fold_follows():
+    plan = given(*PLAN)
+    changed = when(plan, ChangeMemberRole(email=" Bob@Buyer.EXAMPLE ", role="commenter"))
+    assert changed == [MemberRoleChanged(email=EDITOR, role="commenter", previous="editor")]
+    plan = apply(plan, ChangeMemberRole(email="BOB@buyer.example", role="commenter"))
+    assert plan.members[EDITOR].role == "commenter"
+    assert when(plan, RevokeMember(email="Victor@Buyer.Example")) == [MemberRevoked(email=VIEWER)]
+    assert apply(plan, RevokeMember(email="VICTOR@buyer.example")).member(VIEWER) is None
+
+
+def test_an_item_id_of_blanks_is_malformed():
+    error = refusal(given(*PLAN), AddMilestone(id="   ", title="Kickoff"))
+    assert isinstance(error, Malformed)
+
+
+def test_a_done_item_of_a_removed_stakeholder_reopens_only_once_reassigned():
+    history = (
+        *PLAN,
+        milestone("m1"),
+        action_item("a1", owner="sid"),
+        ActionItemStatusChanged(id="a1", status="done", previous="not_started"),
+        StakeholderRemoved(id="sid"),  # allowed: sid owned nothing open any more
+    )
+    plan = given(*history)
+    reopen = SetActionItemStatus(id="a1", status="in_progress")
+    assert broken_rule(plan, reopen) == "owner_removed"
+    plan = apply(plan, UpdateActionItem(id="a1", owner="ana"))
+    assert when(plan, reopen) == [
+        ActionItemStatusChanged(id="a1", status="in_progress", previous="done")
+    ]
