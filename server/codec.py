@@ -63,8 +63,8 @@ def decode_command(body: bytes) -> tuple[CommandEnvelope, PlanCommand]:
 
 
 def decode_command_data(kind: str, command_id: str, data: bytes | msgspec.Raw) -> PlanCommand:
-    decoder = _DECODERS.get(kind)
-    if decoder is None or kind in ("create_plan", "join_plan"):
+    decoder = _DECODERS.get(kind)  # clients' commands only: server-issued ones are not there
+    if decoder is None:
         raise Malformed(f"unknown command type {kind!r}", field="type")
     if not command_id or len(command_id) > 200 or not command_id.isprintable():
         raise Malformed("`command_id` must be 1 to 200 printable characters", field="command_id")

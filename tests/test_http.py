@@ -153,6 +153,13 @@ BAD_COMMANDS: list[tuple[str, Any, int, str, str | None]] = [
         "type",
     ),
     (
+        "a command only the server issues",
+        {"type": "join_plan", "data": {"side": "buyer", "role": "owner"}, "command_id": "x"},
+        400,
+        "malformed",
+        "type",
+    ),
+    (
         "missing field",
         {"type": "add_milestone", "data": {}, "command_id": "x"},
         400,
