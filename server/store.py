@@ -218,6 +218,9 @@ class AppendRequest(msgspec.Struct, frozen=True):
     events: Sequence[NewEvent]
 
 
+_MAX_VERSION = 2_147_483_647  # events.version is an integer
+
+
 class Store:
     """The event store over an asyncpg pool."""
 
@@ -367,11 +370,10 @@ class Store:
         """
         rows = await self.pool.fetch(
             f"SELECT {_EVENT_COLUMNS} FROM events"
-            " WHERE plan_id = $1 AND version > $2 AND ($3::int IS NULL OR version <= $3)"
-            " ORDER BY version LIMIT $4",
+            " WHERE plan_id = $1 AND version > $2 AND version <= $3 ORDER BY version LIMIT $4",
             plan_id,
             after,
-            upto,
+            _MAX_VERSION if upto is None else upto,  # no "$3 IS NULL OR": keeps one plan
             limit,
         )
         return [_event(r) for r in rows]
