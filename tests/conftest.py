@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,16 +10,12 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, settings
 
-from server.database import apply_schema
 from server.plans import PlanService
 from server.store import Store
 from tests.support import (
-    admin_url,
-    create_database,
-    drop_database,
+    fresh_database,
     running_app,
     settings_for,
-    with_database,
 )
 
 settings.register_profile(
@@ -34,16 +29,8 @@ settings.load_profile("ci")
 
 @pytest.fixture(scope="session")
 async def database_url() -> AsyncIterator[str]:
-    admin = await asyncio.to_thread(admin_url)
-    name = await create_database(admin)
-    url = with_database(admin, name)
-    conn = await asyncpg.connect(url)
-    try:
-        await apply_schema(conn)
-    finally:
-        await conn.close()
-    yield url
-    await drop_database(admin, name)
+    async with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -67,6 +67,25 @@ async def drop_database(admin: str, name: str) -> None:
         await conn.close()
 
 
+@asynccontextmanager
+async def fresh_database() -> AsyncIterator[str]:
+    """A new database with the schema applied, dropped on exit. Yields its URL."""
+    from server.database import apply_schema
+
+    admin = await asyncio.to_thread(admin_url)
+    name = await create_database(admin)
+    url = with_database(admin, name)
+    try:
+        conn = await asyncpg.connect(url)
+        try:
+            await apply_schema(conn)
+        finally:
+            await conn.close()
+        yield url
+    finally:
+        await drop_database(admin, name)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,9 +8,8 @@ import uuid
 
 import asyncpg
 
-from server.database import apply_schema
 from server.store import LOG_START, LogCursor, Store
-from tests.support import admin_url, create_database, drop_database, with_database
+from tests.support import fresh_database
 
 _INSERT = """
 INSERT INTO events (plan_id, version, type, data, actor, recorded_at, data_digest, hash)
@@ -106,20 +105,20 @@ async def test_the_log_is_ordered_by_transaction_number_not_by_its_digits():
     """Regression: the log's cursor columns are read as text (xid8 has no binary codec);
     ordering by that text put transaction 999 after 1001 and stalled every projection the
     first time a brand-new cluster crossed a power of ten."""
-    admin = await asyncio.to_thread(admin_url)
-    name = await create_database(admin)
-    conn = await asyncpg.connect(with_database(admin, name))
-    try:
-        await apply_schema(conn)
-        for xid in (9, 10, 99, 100, 999, 1001):  # long committed: below every horizon
-            await conn.execute(
-                "INSERT INTO events (plan_id, version, transaction_id, type, data, actor,"
-                " recorded_at, data_digest, hash)"
-                " VALUES ('digits', $1, $2::text::xid8, 'Probe', '{}', 'test', now(), 'd', 'h')",
-                xid,
-                str(xid),
-            )
-        pool = await asyncpg.create_pool(with_database(admin, name), min_size=1, max_size=2)
+    async with fresh_database() as url:
+        conn = await asyncpg.connect(url)
+        try:
+            for xid in (9, 10, 99, 100, 999, 1001):  # long committed: below every horizon
+                await conn.execute(
+                    "INSERT INTO events (plan_id, version, transaction_id, type, data, actor,"
+                    " recorded_at, data_digest, hash) VALUES"
+                    " ('digits', $1, $2::text::xid8, 'Probe', '{}', 'test', now(), 'd', 'h')",
+                    xid,
+                    str(xid),
+                )
+        finally:
+            await conn.close()
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
         try:
             store = Store(pool)
             log = await store.read_log(LOG_START, limit=100)
@@ -128,6 +127,3 @@ async def test_the_log_is_ordered_by_transaction_number_not_by_its_digits():
             assert [e.transaction_id for e in await store.read_log(log[1].cursor, 2)] == [99, 100]
         finally:
             await pool.close()
-    finally:
-        await conn.close()
-        await drop_database(admin, name)

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,44 +13,26 @@ import asyncpg
 import httpx
 import pytest
 
-from server.database import apply_schema
 from server.plans import PlanService
 from server.store import Store
 from tests.support import (
-    admin_url,
-    create_database,
-    drop_database,
+    fresh_database,
     running_app,
     settings_for,
-    with_database,
 )
-
-
-async def _fresh_database() -> tuple[str, str, str]:
-    admin = await asyncio.to_thread(admin_url)
-    name = await create_database(admin)
-    url = with_database(admin, name)
-    conn = await asyncpg.connect(url)
-    try:
-        await apply_schema(conn)
-    finally:
-        await conn.close()
-    return admin, name, url
 
 
 @pytest.fixture(scope="package")
 async def audit_db() -> AsyncIterator[str]:
-    admin, name, url = await _fresh_database()
-    yield url
-    await drop_database(admin, name)
+    async with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 async def runner_db() -> AsyncIterator[str]:
     """A database of its own for the runner property test (see the note in test_runner.py)."""
-    admin, name, url = await _fresh_database()
-    yield url
-    await drop_database(admin, name)
+    async with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="package")
@@ -74,9 +55,8 @@ def audit_service(audit_store: Store) -> PlanService:
 
 @pytest.fixture(scope="package")
 async def app_db() -> AsyncIterator[str]:
-    admin, name, url = await _fresh_database()
-    yield url
-    await drop_database(admin, name)
+    async with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="package")
