@@ -144,8 +144,9 @@ _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _cell(text: str) -> str:
-    """User text that a spreadsheet will not run as a formula (CSV injection)."""
-    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+    """User text that a spreadsheet will not run as a formula (CSV injection). Text that
+    starts with `'` gets one more, so import (`projections.imports.uncell`) drops exactly one."""
+    return "'" + text if text.startswith((*_FORMULA_STARTS, "'")) else text
 
 
 def csv_table(plan: Plan) -> str:

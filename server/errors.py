@@ -26,6 +26,7 @@ STATUS: dict[str, int] = {
     "version_conflict": 409,
     "payload_too_large": 413,
     "rule_violation": 422,
+    "import_invalid": 422,
     "rate_limited": 429,
     "unavailable": 503,
     "internal": 500,

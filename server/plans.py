@@ -389,23 +389,19 @@ class PlanService:
                 first = plan.version + 1
                 for event in events:
                     version = plan.version + 1
-                    data = _encoder.encode(event).decode()
-                    digest = chain.data_digest(_tag(event), p.actor, data)
-                    head = chain.event_hash(head, plan_id, version, at, digest)
-                    new_events.append(
-                        NewEvent(
-                            version=version,
-                            type=_tag(event),
-                            schema_version=type(event).schema_version,
-                            data=data,
-                            actor=p.actor,
-                            command_id=p.command_id,
-                            correlation_id=p.correlation_id,
-                            audience=audience(plan, event),
-                            data_digest=digest,
-                            hash=head,
-                        )
+                    new = new_event(
+                        plan_id,
+                        head,
+                        version,
+                        at,
+                        event,
+                        audience(plan, event),
+                        p.actor,
+                        p.command_id,
+                        p.correlation_id,
                     )
+                    head = new.hash
+                    new_events.append(new)
                     plan = evolve(plan, Recorded(version, p.actor, at, event))
                 if p.command_id is not None and events:
                     seen_ids.add(p.command_id)
@@ -503,6 +499,48 @@ class PlanService:
 
     # -- reads -----------------------------------------------------------------------------
 
+    async def create_whole(
+        self,
+        plan: Plan,
+        events: list[tuple[Event, str | None]],
+        actor: str,
+        at: datetime,
+        *,
+        command_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> int | None:
+        """Append a new plan's whole history (decided by the caller, e.g. an import) at once.
+
+        `plan` is the fold of `events`, each given with the only side that may see it. All or
+        nothing: returns the new version, the version recorded for `command_id` when this is
+        a retry, or None when a plan with this id exists already (nothing written)."""
+        head = chain.GENESIS
+        new_events: list[NewEvent] = []
+        for version, (event, side) in enumerate(events, 1):
+            new_events.append(
+                new_event(
+                    plan.id, head, version, at, event, side, actor, command_id, correlation_id
+                )
+            )
+            head = new_events[-1].hash
+        commands = [NewCommand(command_id, actor, 1, plan.version)] if command_id else []
+        state = _encoder.encode(plan).decode()
+        try:
+            result = await self.store.append(plan.id, 0, head, state, at, commands, new_events)
+        except DuplicateCommand:
+            result = None
+        if not isinstance(result, Appended):
+            if command_id:
+                known = await self.store.command_results(plan.id, [command_id])
+                if command_id in known:
+                    return known[command_id].version
+            return None
+        # the cache may hold this id as "no plan yet" (a command sent to it before)
+        self._remember(plan.id, _Cached(plan, head, at, plan.version, len(state), 0))
+        if self.on_append is not None:
+            self.on_append(plan.id, plan.version)
+        return plan.version
+
     async def current(self, plan_id: str) -> Plan:
         """The inline projection: the state after the last committed append."""
         loaded = await self._load(plan_id, snapshots=True)
@@ -565,6 +603,34 @@ class PlanService:
 
 def _tag(event: Event) -> str:
     return str(type(event).__struct_config__.tag)
+
+
+def new_event(
+    plan_id: str,
+    previous_hash: str,
+    version: int,
+    at: datetime,
+    event: Event,
+    side: str | None,
+    actor: str,
+    command_id: str | None,
+    correlation_id: str | None,
+) -> NewEvent:
+    """`event` encoded, digested and chained after `previous_hash`, ready to append."""
+    data = _encoder.encode(event).decode()
+    digest = chain.data_digest(_tag(event), actor, data)
+    return NewEvent(
+        version=version,
+        type=_tag(event),
+        schema_version=type(event).schema_version,
+        data=data,
+        actor=actor,
+        command_id=command_id,
+        correlation_id=correlation_id,
+        audience=side,
+        data_digest=digest,
+        hash=chain.event_hash(previous_hash, plan_id, version, at, digest),
+    )
 
 
 def _stored(plan_id: str, e: NewEvent, position: int, at: datetime) -> StoredEvent:
