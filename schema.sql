@@ -168,3 +168,52 @@ CREATE TABLE IF NOT EXISTS analytics_plans (
     figures        json        NOT NULL
 );
 CREATE INDEX IF NOT EXISTS analytics_plans_org ON analytics_plans (seller_org);
+
+-- -- webhooks (server/webhooks.py) --------------------------------------------------------
+-- Subscriptions of a seller organisation to event types. `secret` signs the deliveries (it
+-- must be readable to sign, so it is stored as is). A subscription owes exactly the events
+-- of transactions its creating statement could not see: `created_snapshot` is that
+-- statement's pg_current_snapshot() as text. A deleted one keeps its row (and its
+-- deliveries) with deleted_at set.
+CREATE TABLE IF NOT EXISTS webhook_subscriptions (
+    subscription_id      text        PRIMARY KEY,
+    seller_org           text        NOT NULL,
+    url                  text        NOT NULL,
+    events               text[]      NOT NULL,  -- event types, or {'*'}
+    secret               text        NOT NULL,
+    description          text        NOT NULL DEFAULT '',
+    created_by           text        NOT NULL,
+    created_at           timestamptz NOT NULL DEFAULT now(),
+    created_snapshot     text        NOT NULL,
+    deleted_at           timestamptz
+);
+CREATE INDEX IF NOT EXISTS webhook_subscriptions_org ON webhook_subscriptions (seller_org);
+
+-- The outbox: one row per (plan, subscription, event), written by the outbox projection with
+-- its checkpoint 'webhooks' in the same transaction. `body` is the exact JSON that is signed
+-- and sent on every attempt. The delivery worker sends, per (subscription, plan), the lowest
+-- pending version only, so a plan's events arrive in version order.
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    plan_id         text        NOT NULL,
+    subscription_id text        NOT NULL,
+    version         integer     NOT NULL,
+    transaction_id  xid8        NOT NULL,
+    position        bigint      NOT NULL,
+    type            text        NOT NULL,
+    body            json        NOT NULL,
+    status          text        NOT NULL DEFAULT 'pending'
+                                CHECK (status IN ('pending', 'delivered', 'parked')),
+    attempts        integer     NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    last_attempt_at timestamptz,
+    last_status     integer,
+    last_error      text,
+    delivered_at    timestamptz,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (plan_id, subscription_id, version)
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_pending
+    ON webhook_deliveries (subscription_id, plan_id, version) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS webhook_deliveries_log
+    ON webhook_deliveries (subscription_id, transaction_id, position);
+-- -- end of webhooks ------------------------------------------------------------------------

@@ -34,6 +34,14 @@ class Settings(msgspec.Struct, frozen=True):
     read_burst: int = 200
     invite_ttl_seconds: int = 14 * 24 * 3600
     log_page_max: int = 10_000
+    # webhooks (server/webhooks.py): retries with exponential backoff and jitter, then parked
+    webhook_max_attempts: int = 10
+    webhook_backoff: float = 5.0  # seconds before the 2nd attempt; doubles each time
+    webhook_backoff_max: float = 1800.0
+    webhook_timeout: float = 10.0
+    webhook_poll: float = 1.0  # how often the delivery worker looks for due deliveries
+    webhook_admins_only: bool = True
+    webhook_allow_private: bool = False
 
     @property
     def signing_secret(self) -> str:
@@ -88,6 +96,14 @@ def load_settings(**overrides: object) -> Settings:
         "read_rate": float(env.get("MAPSTREAM_READ_RATE", "50")),
         "read_burst": int(env.get("MAPSTREAM_READ_BURST", "200")),
         "invite_ttl_seconds": int(env.get("MAPSTREAM_INVITE_TTL", str(14 * 24 * 3600))),
+        "webhook_max_attempts": int(env.get("MAPSTREAM_WEBHOOK_MAX_ATTEMPTS", "10")),
+        "webhook_backoff": float(env.get("MAPSTREAM_WEBHOOK_BACKOFF", "5")),
+        "webhook_backoff_max": float(env.get("MAPSTREAM_WEBHOOK_BACKOFF_MAX", "1800")),
+        "webhook_timeout": float(env.get("MAPSTREAM_WEBHOOK_TIMEOUT", "10")),
+        "webhook_admins_only": env.get("MAPSTREAM_WEBHOOK_ADMINS_ONLY", "1").lower()
+        in ("1", "true", "yes"),
+        "webhook_allow_private": env.get("MAPSTREAM_WEBHOOK_ALLOW_PRIVATE", "0").lower()
+        in ("1", "true", "yes"),
     }
     values.update(overrides)
     if "secrets" not in values:

@@ -1,0 +1,710 @@
+"""Webhooks: an outbox read from the global log, delivered to a real local HTTP receiver that
+fails on purpose; signed, retried with backoff, parked, replayed, in version order per plan.
+
+The server runs on a database of its own: the delivery worker leads per database (advisory
+lock), and this test needs its short backoff settings to be the leader's."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import msgspec
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from domain import action_items as ai
+from domain import members as mem
+from domain import milestones as ms
+from domain import plans as pl
+from domain.model import CompellingEvent, Milestone, Plan
+from projections.runner import ProjectionRunner
+from server.database import apply_schema
+from server.plans import PlanService
+from server.store import Store
+from server.webhooks import (
+    DeliveryWorker,
+    OutboxProjection,
+    OutboxTable,
+    WebhookStore,
+    backoff,
+    changes_between,
+    signature_header,
+    verify_signature,
+)
+from tests.support import (
+    ROOT,
+    SECRET,
+    admin_url,
+    auth,
+    create_database,
+    drop_database,
+    free_port,
+    running_app,
+    settings_for,
+    with_database,
+)
+
+SELLER = "sam@northwind.example"
+BUYER = "bianca@contoso.example"
+STRANGER = "eve@elsewhere.example"
+MAX_ATTEMPTS = 4
+
+
+# -- pure parts ------------------------------------------------------------------------------
+
+
+def test_a_signature_verifies_and_a_tampered_body_wrong_secret_or_old_time_does_not():
+    body = b'{"id":"p:1","type":"PlanCreated"}'
+    now = 1_790_000_000
+    header = signature_header("whsec_right", body, now)
+    assert header.startswith(f"t={now},v1=")
+    assert verify_signature("whsec_right", header, body, now=now + 10)
+    assert not verify_signature("whsec_right", header, body.replace(b"p:1", b"p:2"), now=now)
+    assert not verify_signature("whsec_wrong", header, body, now=now)
+    assert not verify_signature("whsec_right", header, body, tolerance=300, now=now + 301)
+    assert not verify_signature("whsec_right", f"t={now + 1},{header.split(',')[1]}", body, now=now)
+    assert not verify_signature("whsec_right", "garbage", body, now=now)
+    # while rotating, a header may carry one v1 per secret: any one that matches will do
+    other = signature_header("whsec_old", body, now).split(",")[1]
+    assert verify_signature("whsec_old", f"{header},{other}", body, now=now)
+
+
+def test_backoff_doubles_per_failure_with_jitter_up_to_the_cap():
+    rng = random.Random(7)
+    for attempts in range(1, 12):
+        full = min(60.0, 2.0 * 2 ** (attempts - 1))
+        delays = [backoff(attempts, 2.0, 60.0, rng) for _ in range(50)]
+        assert all(full / 2 <= d <= full for d in delays), (attempts, delays)
+        assert len({round(d, 6) for d in delays}) > 1  # jittered, not a fixed schedule
+
+
+def test_changes_carry_the_previous_value_of_the_close_date_and_of_a_milestone_due_date():
+    before = Plan(
+        id="p",
+        version=3,
+        title="Eval",
+        compelling_event=CompellingEvent("Go-live", date(2027, 9, 30)),
+        milestones={"legal": Milestone(id="legal", title="Legal", due=date(2027, 8, 1))},
+    )
+    after = msgspec.structs.replace(
+        before,
+        version=4,
+        compelling_event=CompellingEvent("Go-live", date(2027, 10, 15)),
+        milestones={"legal": Milestone(id="legal", title="Legal", due=date(2027, 8, 15))},
+        updated_at=datetime(2027, 1, 1, tzinfo=UTC),
+    )
+    got = {
+        (c.item_kind, c.item_id, c.field): (c.before, c.after)
+        for c in changes_between(before, after)
+    }
+    assert got == {
+        ("plan", "plan", "compelling_event.date"): ("2027-09-30", "2027-10-15"),
+        ("milestone", "legal", "due"): ("2027-08-01", "2027-08-15"),
+    }
+
+
+# -- a receiver that fails on purpose --------------------------------------------------------
+
+
+class Received(msgspec.Struct):
+    route: str
+    id: str
+    headers: dict[str, str]
+    body: bytes
+    status: int
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Receiver:
+    """`/flaky`: answers 500 to the first two attempts of each Webhook-Id, then 200.
+    `/down`: 500 while `down`, then 200."""
+
+    def __init__(self) -> None:
+        self.got: list[Received] = []
+        self.down = True
+        self._seen: Counter[tuple[str, str]] = Counter()
+
+    async def hook(self, request: Request) -> Response:
+        route = request.path_params["route"]
+        webhook_id = request.headers.get("webhook-id", "")
+        self._seen[(route, webhook_id)] += 1
+        if route == "flaky":
+            status = 500 if self._seen[(route, webhook_id)] <= 2 else 200
+        else:
+            status = 500 if self.down else 200
+        body = await request.body()
+        self.got.append(Received(route, webhook_id, dict(request.headers), body, status))
+        return Response(b"nope" if status >= 300 else b"ok", status_code=status)
+
+    def on(self, route: str) -> list[Received]:
+        return [r for r in self.got if r.route == route]
+
+
+@asynccontextmanager
+async def serving(receiver: Receiver) -> AsyncIterator[str]:
+    app = Starlette(routes=[Route("/{route}", receiver.hook, methods=["POST"])])
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off"
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+@asynccontextmanager
+async def own_database() -> AsyncIterator[str]:
+    admin = await asyncio.to_thread(admin_url)
+    name = await create_database(admin)
+    try:
+        yield with_database(admin, name)
+    finally:
+        await drop_database(admin, name)
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 15.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not await check():
+            await asyncio.sleep(0.02)
+    assert await check(), what
+
+
+async def mapstream(database_url: str, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "MAPSTREAM_SECRET": SECRET,
+        "MAPSTREAM_DATA_DIR": str(tmp),
+        "MAPSTREAM_LOG_LEVEL": "warning",
+    }
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "server.cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+# -- end to end ------------------------------------------------------------------------------
+
+
+async def test_a_receiver_that_fails_twice_gets_each_event_once_in_order_signed(tmp_path: Path):
+    org = f"Northwind {uuid.uuid4().hex[:6]}"
+    receiver = Receiver()
+    async with own_database() as db, serving(receiver) as hooks_url:
+        settings = settings_for(
+            db,
+            tmp_path,
+            webhook_backoff=0.05,
+            webhook_backoff_max=0.2,
+            webhook_max_attempts=MAX_ATTEMPTS,
+            webhook_poll=0.05,
+            webhook_timeout=5.0,
+            # this test's sellers manage their org's webhooks, and the receiver is local
+            webhook_admins_only=False,
+            webhook_allow_private=True,
+        )
+        async with (
+            running_app(settings) as url,
+            httpx.AsyncClient(base_url=url, timeout=10) as http,
+        ):
+
+            async def command(plan: str, kind: str, who: str = SELLER, **data: Any) -> int:
+                r = await http.post(
+                    f"/plans/{plan}/commands",
+                    json={"type": kind, "command_id": uuid.uuid4().hex, "data": data},
+                    headers=auth(who),
+                )
+                assert r.status_code == 200, r.text
+                return int(r.json()["version"])
+
+            plans = {}
+            for name in ("a", "b"):
+                r = await http.post(
+                    "/plans",
+                    json={
+                        "title": f"Plan {name}",
+                        "buyer_org": "Contoso",
+                        "seller_org": org,
+                        "side": "seller",
+                        "compelling_event": {"name": "Go-live", "date": "2027-09-30"},
+                    },
+                    headers=auth(SELLER),
+                )
+                assert r.status_code == 201, r.text
+                plans[name] = r.json()["plan_id"]
+            a, b = plans["a"], plans["b"]
+            await command(b, "add_member", email=BUYER, side="buyer", role="editor")
+
+            async def seller_may_manage() -> bool:
+                r = await http.get("/webhooks", params={"seller_org": org}, headers=auth(SELLER))
+                return r.status_code == 200
+
+            # who manages an organisation's webhooks is read from the analytics projection
+            await until(seller_may_manage, "the seller never got access to the org's webhooks")
+
+            # -- who may subscribe, and bad input (each refused, nothing created)
+            sub_in = {"seller_org": org, "url": f"{hooks_url}/flaky", "events": ["*"]}
+            r = await http.post("/webhooks", json=sub_in, headers=auth(STRANGER))
+            assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+            r = await http.post("/webhooks", json=sub_in, headers=auth(BUYER))
+            assert r.status_code == 403
+            for bad, field in [
+                ({**sub_in, "url": "ftp://example.com/x"}, "url"),
+                ({**sub_in, "url": "http://"}, "url"),
+                ({**sub_in, "events": ["NoSuchEvent"]}, "events"),
+                ({**sub_in, "events": []}, "events"),
+                ({**sub_in, "colour": "red"}, "colour"),
+                ({**sub_in, "seller_org": ""}, "seller_org"),
+            ]:
+                r = await http.post("/webhooks", json=bad, headers=auth(SELLER))
+                assert r.status_code == 400, (bad, r.text)
+                assert r.json()["error"] == {
+                    **r.json()["error"],
+                    "code": "malformed",
+                    "field": field,
+                }
+            r = await http.get("/webhooks", params={"seller_org": org}, headers=auth(SELLER))
+            assert r.json()["webhooks"] == []
+            r = await http.get("/webhooks", headers=auth(SELLER))
+            assert r.status_code == 400 and r.json()["error"]["field"] == "seller_org"
+
+            # -- two subscriptions: everything to /flaky, the close date only to /down
+            r = await http.post("/webhooks", json=sub_in, headers=auth(SELLER))
+            assert r.status_code == 201, r.text
+            flaky = r.json()
+            assert flaky["secret"].startswith("whsec_") and flaky["events"] == ["*"]
+            r = await http.post(
+                "/webhooks",
+                json={**sub_in, "url": f"{hooks_url}/down", "events": ["CompellingEventSet"]},
+                headers=auth(SELLER),
+            )
+            assert r.status_code == 201, r.text
+            down = r.json()
+            listed = (
+                await http.get("/webhooks", params={"seller_org": org}, headers=auth(SELLER))
+            ).json()["webhooks"]
+            assert {w["subscription_id"] for w in listed} == {
+                flaky["subscription_id"],
+                down["subscription_id"],
+            }
+            assert all("secret" not in w for w in listed)
+
+            # -- events after the subscriptions, on two plans
+            first = {
+                p: (await http.get(f"/plans/{p}", headers=auth(SELLER))).json()["version"]
+                for p in (a, b)
+            }
+            await command(a, "add_milestone", id="legal", title="Legal review", due="2027-08-01")
+            await command(b, "add_milestone", id="kickoff", title="Kickoff")
+            close_date_v = await command(
+                a, "set_compelling_event", name="Go-live", date="2027-10-15"
+            )
+            await command(
+                b,
+                "add_action_item",
+                id="discount",
+                milestone_id="kickoff",
+                title="Seller-only discount ladder",
+                visibility="internal",
+            )
+            budget_v = await command(
+                b,
+                "add_action_item",
+                who=BUYER,
+                id="budget",
+                milestone_id="kickoff",
+                title="Buyer-only budget ceiling",
+                visibility="internal",
+            )
+            slip_v = await command(
+                a, "reschedule_milestone", id="legal", due="2027-08-15", reason="Counsel away"
+            )
+            await command(b, "set_action_item_status", id="discount", status="in_progress")
+            last = {
+                p: (await http.get(f"/plans/{p}", headers=auth(SELLER))).json()["version"]
+                for p in (a, b)
+            }
+            expected = {f"{p}:{v}" for p in (a, b) for v in range(first[p] + 1, last[p] + 1)} - {
+                f"{b}:{budget_v}"
+            }
+            assert len(expected) == 6
+
+            async def all_accepted() -> bool:
+                return {r.id for r in receiver.on("flaky") if r.status == 200} >= expected
+
+            await until(all_accepted, "not every event reached the flaky receiver")
+
+            # each event accepted exactly once, after two refusals, and nothing else sent
+            got = receiver.on("flaky")
+            accepted = Counter(r.id for r in got if r.status == 200)
+            assert set(accepted) == expected and set(accepted.values()) == {1}
+            assert Counter(r.id for r in got) == {i: 3 for i in expected}
+            assert [r.headers["mapstream-attempt"] for r in got if r.id == f"{a}:{slip_v}"] == [
+                "1",
+                "2",
+                "3",
+            ]
+            # in version order per plan: v+1 never went out before v was accepted
+            for p in (a, b):
+                sent = [r.json()["version"] for r in got if r.json()["plan_id"] == p]
+                assert sent == sorted(sent), (p, sent)
+            # signed: every request verifies; a changed body or another secret does not
+            for req in got:
+                assert (
+                    req.json()["id"] == req.id
+                    and req.json()["subscription_id"] == flaky["subscription_id"]
+                )
+                sig = req.headers["mapstream-signature"]
+                assert sig.startswith(f"t={req.headers['webhook-timestamp']},v1=")
+                assert verify_signature(flaky["secret"], sig, req.body)
+                assert not verify_signature(
+                    flaky["secret"], sig, req.body.replace(b"Plan", b"Plam")
+                )
+                assert not verify_signature(down["secret"], sig, req.body)
+            # the same event is the same bytes on every attempt
+            bodies = {r.id: r.body for r in got if r.status == 200}
+            assert all(r.body == bodies[r.id] for r in got)
+
+            # payloads carry the previous value: a CRM syncs the close date without history
+            by_id = {i: json.loads(body) for i, body in bodies.items()}
+            close = by_id[f"{a}:{close_date_v}"]
+            assert close["type"] == "CompellingEventSet"
+            assert close["plan"]["compelling_event"] == {"name": "Go-live", "date": "2027-10-15"}
+            assert {
+                "item_kind": "plan",
+                "item_id": "plan",
+                "field": "compelling_event.date",
+                "before": "2027-09-30",
+                "after": "2027-10-15",
+            } in close["changes"]
+            slip = by_id[f"{a}:{slip_v}"]
+            assert slip["data"]["reason"] == "Counsel away"
+            assert {
+                "item_kind": "milestone",
+                "item_id": "legal",
+                "field": "due",
+                "before": "2027-08-01",
+                "after": "2027-08-15",
+            } in slip["changes"]
+            # the seller's own internal item goes to the seller's systems; the buyer's never
+            assert any(
+                m["data"].get("title") == "Seller-only discount ladder" for m in by_id.values()
+            )
+            assert {m["audience"] for m in by_id.values()} == {None, "seller"}
+            for req in receiver.got:
+                assert b"Buyer-only" not in req.body and b'"budget"' not in req.body
+
+            # -- /down refuses everything: the close-date delivery is parked after N attempts
+            down_id = down["subscription_id"]
+
+            async def parked() -> list[dict[str, Any]]:
+                r = await http.get(
+                    f"/webhooks/{down_id}/deliveries",
+                    params={"status": "parked"},
+                    headers=auth(SELLER),
+                )
+                assert r.status_code == 200, r.text
+                return list(r.json()["deliveries"])
+
+            async def is_parked() -> bool:
+                return len(await parked()) == 1
+
+            await until(is_parked, "the failing delivery was never parked")
+            (row,) = await parked()
+            assert row["id"] == f"{a}:{close_date_v}" and row["attempts"] == MAX_ATTEMPTS
+            assert row["last_status"] == 500 and row["last_error"] == "HTTP 500"
+            assert [r.status for r in receiver.on("down")] == [500] * MAX_ATTEMPTS
+
+            # -- re-driven from the command line once the receiver is back
+            receiver.down = False
+            done = await mapstream(db, tmp_path, "webhooks", "replay", down_id)
+            assert done.returncode == 0, done.stderr
+            assert f"{down_id}: 1 delivery queued again" in done.stdout
+
+            async def redelivered() -> bool:
+                return [r.status for r in receiver.on("down")][-1:] == [200]
+
+            await until(redelivered, "the replayed delivery never arrived")
+            last_down = receiver.on("down")[-1]
+            assert last_down.id == f"{a}:{close_date_v}"
+            assert verify_signature(
+                down["secret"], last_down.headers["mapstream-signature"], last_down.body
+            )
+            assert json.loads(last_down.body)["changes"] == close["changes"]
+
+            done = await mapstream(db, tmp_path, "webhooks", "list", "--org", org)
+            assert done.returncode == 0, done.stderr
+            lines = done.stdout.splitlines()
+            assert any(
+                line.startswith(flaky["subscription_id"]) and "delivered 6, parked 0" in line
+                for line in lines
+            ), lines
+            assert any(
+                line.startswith(down_id) and "delivered 1, parked 0" in line for line in lines
+            ), lines
+            done = await mapstream(db, tmp_path, "webhooks", "deliveries", down_id)
+            assert (
+                done.returncode == 0
+                and f"{a}:{close_date_v}  CompellingEventSet  delivered at" in done.stdout
+            )
+            done = await mapstream(db, tmp_path, "webhooks", "replay", down_id)
+            assert "nothing to replay" in done.stdout
+
+            # -- one delivered event sent again over HTTP: same idempotency id, same bytes
+            before = len(receiver.on("flaky"))
+            r = await http.post(
+                f"/webhooks/{flaky['subscription_id']}/replay",
+                json={"plan_id": a, "version": close_date_v},
+                headers=auth(SELLER),
+            )
+            assert r.status_code == 200 and r.json()["replayed"] == 1, r.text
+
+            async def resent() -> bool:
+                return len(receiver.on("flaky")) > before
+
+            await until(resent, "the replayed event was not sent again")
+            again = receiver.on("flaky")[before]
+            assert again.id == f"{a}:{close_date_v}" and again.body == bodies[again.id]
+
+            # -- others cannot see or touch the subscriptions; bad input changes nothing
+            for method, path in [
+                ("GET", f"/webhooks/{down_id}/deliveries"),
+                ("POST", f"/webhooks/{down_id}/replay"),
+                ("DELETE", f"/webhooks/{down_id}"),
+            ]:
+                r = await http.request(method, path, headers=auth(STRANGER))
+                assert r.status_code == 404, (method, path, r.text)
+            r = await http.get("/webhooks", params={"seller_org": org}, headers=auth(STRANGER))
+            assert r.status_code == 403
+            r = await http.get(f"/webhooks/{down_id}/deliveries?status=lost", headers=auth(SELLER))
+            assert r.status_code == 400 and r.json()["error"]["field"] == "status"
+            r = await http.post(
+                f"/webhooks/{down_id}/replay", json={"version": 3}, headers=auth(SELLER)
+            )
+            assert r.status_code == 400 and r.json()["error"]["field"] == "version"
+            r = await http.get("/webhooks/wh_0000000000000000/deliveries", headers=auth(SELLER))
+            assert r.status_code == 404
+
+            # -- deleting stops the subscription
+            r = await http.delete(f"/webhooks/{down_id}", headers=auth(SELLER))
+            assert r.status_code == 200 and r.json() == {
+                "subscription_id": down_id,
+                "deleted": True,
+            }
+            r = await http.delete(f"/webhooks/{down_id}", headers=auth(SELLER))
+            assert r.status_code == 404
+            listed = (
+                await http.get("/webhooks", params={"seller_org": org}, headers=auth(SELLER))
+            ).json()["webhooks"]
+            assert [w["subscription_id"] for w in listed] == [flaky["subscription_id"]]
+            assert listed[0]["delivered"] == 6 and listed[0]["parked"] == 0
+
+            doc = (await http.get("/openapi.json")).json()
+            for path in ("/webhooks", "/webhooks/{subscription_id}/replay"):
+                assert path in doc["paths"]
+            assert "WebhookPayloadDoc" in doc["components"]["schemas"]
+
+
+# -- the outbox projection on its own --------------------------------------------------------
+
+
+async def test_the_outbox_writes_one_row_per_subscription_and_event_even_across_a_crash():
+    async with own_database() as db:
+        pool = await asyncpg.create_pool(db, min_size=1, max_size=4)
+        assert pool is not None
+        try:
+            async with pool.acquire() as conn:
+                await apply_schema(conn)
+            store = Store(pool)
+            service = PlanService(store)
+            hooks = WebhookStore(pool)
+            org, other = "Northwind", "Fabrikam"
+            await service.handle(
+                "p", pl.CreatePlan(title="P", buyer_org="B", seller_org=org, side="seller"), SELLER
+            )
+            await service.handle(
+                "q",
+                pl.CreatePlan(title="Q", buyer_org="B", seller_org=other, side="seller"),
+                SELLER,
+            )
+            await service.handle(
+                "p", mem.AddMember(email=BUYER, side="buyer", role="editor"), SELLER
+            )
+            everything = await hooks.create(org, "http://127.0.0.1:9/a", ["*"], "", SELLER)
+            milestones = await hooks.create(
+                org, "http://127.0.0.1:9/m", ["MilestoneAdded"], "", SELLER
+            )
+            deleted = await hooks.create(org, "http://127.0.0.1:9/d", ["*"], "", SELLER)
+            assert await hooks.delete(deleted.subscription_id)
+            added = await service.handle("p", ms.AddMilestone(id="m1", title="Kickoff"), SELLER)
+            renamed = await service.handle("p", pl.UpdatePlan(title="P2"), SELLER)
+            internal = await service.handle(
+                "p",
+                ai.AddActionItem(
+                    id="secret", milestone_id="m1", title="Buyer only", visibility="internal"
+                ),
+                BUYER,
+            )
+            await service.handle("q", ms.AddMilestone(id="m1", title="Kickoff"), SELLER)
+            last = (await store.read_stream("q"))[-1].cursor
+
+            async def visible() -> bool:
+                return await store.log_head() >= last
+
+            await until(visible, "the appends never became visible to log readers")
+
+            runner: ProjectionRunner[Any] = ProjectionRunner(
+                OutboxProjection(service.at_version, hooks.targets),
+                OutboxTable(pool, lambda: None, name="webhooks-test"),
+                store,
+            )
+
+            async def crash() -> None:
+                raise RuntimeError("crash before commit")
+
+            async def rows() -> list[tuple[str, str, int]]:
+                found = await pool.fetch(
+                    "SELECT subscription_id, plan_id, version FROM webhook_deliveries"
+                    " ORDER BY subscription_id, plan_id, version"
+                )
+                return [(r[0], r[1], r[2]) for r in found]
+
+            runner.before_commit = crash
+            with pytest.raises(RuntimeError):
+                await runner.step()
+            assert await rows() == []  # the rows went with the rolled-back checkpoint move
+
+            runner.before_commit = None
+            await runner.catch_up()
+            assert internal.version == renamed.version + 1  # the buyer's: never sent
+            want = sorted(
+                [
+                    (everything.subscription_id, "p", added.version),
+                    (everything.subscription_id, "p", renamed.version),
+                    (milestones.subscription_id, "p", added.version),
+                ]
+            )
+            assert await rows() == want
+            await runner.rebuild()  # the whole log again: the same rows, once
+            assert await rows() == want
+            body = json.loads(
+                await pool.fetchval(
+                    "SELECT body::text FROM webhook_deliveries"
+                    " WHERE subscription_id = $1 AND version = $2",
+                    everything.subscription_id,
+                    renamed.version,
+                )
+            )
+            assert body["changes"] == [
+                {
+                    "item_kind": "plan",
+                    "item_id": "plan",
+                    "field": "title",
+                    "before": "P",
+                    "after": "P2",
+                }
+            ]
+
+            # two instances' workers: one leads and sends; a refused connection is a failed
+            # attempt, and the deliveries are parked after the last one
+            settings = settings_for(
+                db,
+                Path("/tmp"),
+                webhook_backoff=0.01,
+                webhook_max_attempts=2,
+                webhook_poll=0.02,
+                webhook_allow_private=True,
+            )
+            workers = [DeliveryWorker(hooks, settings, standby_interval=0.05) for _ in range(2)]
+            tasks = [asyncio.create_task(w.run()) for w in workers]
+            try:
+
+                async def all_parked() -> bool:
+                    n = await pool.fetchval(
+                        "SELECT count(*) FROM webhook_deliveries WHERE status = 'parked'"
+                    )
+                    return int(n) == len(want)
+
+                await until(all_parked, "the refused deliveries were never parked")
+                assert sorted(w.sent for w in workers) == [0, 2 * len(want)]
+                assert [w.leading for w in workers].count(True) == 1
+                errors = await pool.fetch("SELECT attempts, last_error FROM webhook_deliveries")
+                assert all(r["attempts"] == 2 and "ConnectError" in r["last_error"] for r in errors)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            # re-driven: pending again with a fresh count (a second replay finds none parked)
+            assert await hooks.replay(milestones.subscription_id) == 1
+            assert await hooks.replay(milestones.subscription_id) == 0
+            row = await pool.fetchrow(
+                "SELECT status, attempts FROM webhook_deliveries WHERE subscription_id = $1",
+                milestones.subscription_id,
+            )
+            assert row is not None and (row["status"], row["attempts"]) == ("pending", 0)
+        finally:
+            await pool.close()
+
+
+async def test_by_default_only_admins_subscribe_and_only_to_public_addresses(
+    database_url: str, tmp_path: Path
+):
+    settings = settings_for(database_url, tmp_path, admins=frozenset({"root@ops.example"}))
+    assert settings.webhook_admins_only and not settings.webhook_allow_private
+    async with (
+        running_app(settings) as url,
+        httpx.AsyncClient(base_url=url, timeout=10) as http,
+    ):
+        org = f"Fabrikam {uuid.uuid4().hex[:6]}"
+        r = await http.post(
+            "/plans",
+            json={"title": "Deal", "buyer_org": "B", "seller_org": org, "side": "seller"},
+            headers=auth(SELLER),
+        )
+        assert r.status_code == 201
+        sub_in = {"seller_org": org, "url": "https://hooks.example.com/in", "events": ["*"]}
+        # a seller of one plan would otherwise receive every plan of the organisation
+        r = await http.post("/webhooks", json=sub_in, headers=auth(SELLER))
+        assert r.status_code == 403, r.text
+        for private in ("http://127.0.0.1:9/x", "http://localhost/x", "http://10.1.2.3/x"):
+            r = await http.post(
+                "/webhooks", json={**sub_in, "url": private}, headers=auth("root@ops.example")
+            )
+            assert r.status_code == 400 and r.json()["error"]["field"] == "url", r.text
+        r = await http.get(
+            "/webhooks", params={"seller_org": org}, headers=auth("root@ops.example")
+        )
+        assert r.status_code == 200 and r.json()["webhooks"] == []
