@@ -125,6 +125,13 @@ class Progress(Protocol):
     def __call__(self, done: int, total: int, rate: float) -> None: ...
 
 
+def stopping() -> bool:
+    """Whether the current task is being cancelled (shutdown), even if a cleanup step raised
+    another error in the meantime: a restart loop must then end, not restart."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class ProjectionRunner(Generic[Row]):
     """Keeps one read model up to date with the log. `run` forever, or `catch_up` once."""
 
@@ -259,6 +266,8 @@ class ProjectionRunner(Generic[Row]):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if stopping():
+                    raise  # an error raised while cancelling must not keep the task alive
                 log.warning("projection %s stopped (%s); restarting", self.name, exc)
                 self._forget()
                 await asyncio.sleep(1.0)

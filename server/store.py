@@ -715,6 +715,19 @@ R = TypeVar("R")
 _PROJECTION_LOCK = 0x70726F6A  # "proj": advisory lock class of projection leases
 
 
+async def release_advisory_lock(
+    conn: PoolConnectionProxy[asyncpg.Record], sql: str, *args: Any
+) -> None:
+    """Unlock a session lock on the way out of a lease, whatever state the connection is in.
+
+    A connection the database dropped (a restart, a partition) took its locks with it, and
+    asyncpg may already have detached it from its proxy: then there is nothing to do, and
+    no error may replace the exception (or cancellation) that is ending the lease."""
+    with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        if not conn.is_closed():
+            await conn.execute(sql, *args)
+
+
 class ProjectionLease:
     """Held while a session advisory lock on the projection's name is held."""
 
@@ -813,10 +826,10 @@ class ProjectionTable(Generic[R]):
             try:
                 yield ProjectionLease(conn, held)
             finally:
-                if held and not conn.is_closed():
-                    with contextlib.suppress(asyncpg.PostgresError, OSError):
-                        await conn.execute(
-                            "SELECT pg_advisory_unlock($1, hashtext($2))",
-                            _PROJECTION_LOCK,
-                            self.name,
-                        )
+                if held:
+                    await release_advisory_lock(
+                        conn,
+                        "SELECT pg_advisory_unlock($1, hashtext($2))",
+                        _PROJECTION_LOCK,
+                        self.name,
+                    )

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -63,11 +62,11 @@ from domain.model import CompellingEvent, Plan
 from domain.rules import MAX_TITLE
 from domain.visibility import view_for
 from projections.diff import ITEM_FIELDS
-from projections.runner import LogEvent, ProjectionRunner
+from projections.runner import LogEvent, ProjectionRunner, stopping
 from projections.states import Loader, PlanStates, recorded_of
 from server.codec import check_plan_id, decode, json_response, read_body
 from server.settings import Settings
-from server.store import LogCursor, ProjectionTable, Store
+from server.store import LogCursor, ProjectionTable, Store, release_advisory_lock
 
 log = logging.getLogger(__name__)
 
@@ -750,6 +749,8 @@ class DeliveryWorker:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
+                    if stopping():
+                        raise
                     log.warning("webhook delivery stopped (%s); restarting", exc)
                     await asyncio.sleep(1.0)
 
@@ -772,9 +773,9 @@ class DeliveryWorker:
                         await self._sleep(self.settings.webhook_poll)
             finally:
                 self.leading = False
-                if not conn.is_closed():
-                    with contextlib.suppress(asyncpg.PostgresError, OSError):
-                        await conn.execute("SELECT pg_advisory_unlock($1::bigint)", _DELIVERY_LOCK)
+                await release_advisory_lock(
+                    conn, "SELECT pg_advisory_unlock($1::bigint)", _DELIVERY_LOCK
+                )
 
     async def step(self) -> int:
         """Send every delivery due now (the head of each (subscription, plan) queue)."""
