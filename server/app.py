@@ -29,6 +29,7 @@ from server.invites import InviteStore
 from server.limits import RateLimiter
 from server.plans import PlanService, Unavailable
 from server.presence import Presence
+from server.replica import ReadRouter
 from server.settings import Settings
 from server.store import Store
 from server.tools import projection_runners
@@ -95,9 +96,11 @@ def create_app(settings: Settings, *, demo: bool = False, announce: str | None =
 
         def appended(plan_id: str, version: int) -> None:
             follower.wake()
+            reads.wrote(plan_id, version)
             waker.poke()
 
         plans = PlanService(store, on_append=appended)
+        reads = await ReadRouter.open(settings, plans)  # DATABASE_REPLICA_URL, if set
         limits = {
             "command": RateLimiter(settings.command_rate, settings.command_burst),
             "read": RateLimiter(settings.read_rate, settings.read_burst),
@@ -114,6 +117,7 @@ def create_app(settings: Settings, *, demo: bool = False, announce: str | None =
         app.state.connections = registry
         app.state.invites = InviteStore(pool)
         app.state.limits = limits
+        app.state.reads = reads
         tasks = [
             asyncio.create_task(waker.run(), name="waker"),
             asyncio.create_task(follower.run(), name="log-follower"),
@@ -127,6 +131,7 @@ def create_app(settings: Settings, *, demo: bool = False, announce: str | None =
         for name, runner in app.state.projections.items():
             tasks.append(asyncio.create_task(runner.run(), name=f"projection:{name}"))
         tasks.extend(webhooks.start(app))
+        tasks.append(asyncio.create_task(reads.run(), name="replica-monitor"))
         await follower.started.wait()
         if demo:
             await _seed_demo(app, settings, announce)
@@ -138,6 +143,7 @@ def create_app(settings: Settings, *, demo: bool = False, announce: str | None =
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await reads.close()
             await pool.close()
 
     async def on_error(request: Request, exc: Exception) -> Response:

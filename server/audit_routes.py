@@ -17,12 +17,13 @@ from starlette.routing import Route
 
 from domain.decider import decode_event
 from domain.errors import Malformed, MapstreamError
-from domain.model import Plan
+from domain.model import Plan, Side
 from domain.visibility import view_for
 from projections.audit import AuditRow
 from projections.diff import ItemDiff, diff, versions_by_item
 from server.codec import json_response
 from server.http import current_user, plan_for_member, services
+from server.replica import serve_read
 from server.store import Store
 from server.tools import audit_query, verdict_body, verify_with_head, version_of
 
@@ -49,9 +50,8 @@ def _store(request: Request) -> Store:
     return store
 
 
-async def _trail_version(request: Request, plan: Plan) -> int:
+async def _trail_version(request: Request, plan: Plan, store: Store) -> int:
     """The plan's last version in the audit trail, after waiting briefly for the runner."""
-    store = _store(request)
     version = await store.audit_version(plan.id)
     runner = getattr(request.app.state, "projections", {}).get("audit")
     if version >= plan.version or runner is None:
@@ -73,9 +73,19 @@ async def get_audit(request: Request) -> Response:
     `from`/`to` take a version, a tag or an ISO-8601 time; `type` a comma-separated list of
     event types; `actor` an email or a name. Pages: pass `next` back as `after`."""
     user = current_user(request)
-    plan, side = await plan_for_member(request, user)
-    params = request.query_params
     limit = _int_param(request, "limit", 100, low=1, high=1000)
+    after = _int_param(request, "after", 0)
+    return await serve_read(
+        request,
+        user,
+        lambda svc, plan, side: _audit_page(request, svc.store, plan, side, limit, after),
+    )
+
+
+async def _audit_page(
+    request: Request, store: Store, plan: Plan, side: Side, limit: int, after: int
+) -> Response:
+    params = request.query_params
     query = audit_query(
         plan,
         actor=params.get("actor"),
@@ -84,11 +94,11 @@ async def get_audit(request: Request) -> Response:
         start=params.get("from"),
         end=params.get("to"),
         side=side,
-        after=_int_param(request, "after", 0),
+        after=after,
         limit=limit,
     )
-    trail_version = await _trail_version(request, plan)
-    rows = await _store(request).read_audit(plan.id, query)
+    trail_version = await _trail_version(request, plan, store)
+    rows = await store.read_audit(plan.id, query)
     return json_response(
         {
             "plan_id": plan.id,

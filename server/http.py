@@ -26,6 +26,7 @@ from server.codec import (
 )
 from server.invites import Invite, InviteStore
 from server.plans import CommandAnswer, PlanService, event_out, new_id
+from server.replica import serve_read
 from server.store import LOG_START, LogCursor
 from server.tokens import Unauthorized, issue, verify
 
@@ -50,11 +51,15 @@ def current_user(request: Request, *, limit: str = "read") -> str:
     return email
 
 
-async def plan_for_member(request: Request, user: str) -> tuple[Plan, Side]:
-    """The current plan and the caller's side; a non-member is told there is no such plan."""
+async def plan_for_member(
+    request: Request, user: str, plans: PlanService | None = None
+) -> tuple[Plan, Side]:
+    """The current plan and the caller's side; a non-member is told there is no such plan.
+
+    `plans` reads another copy (server/replica.py); by default the primary."""
     plan_id = check_plan_id(request.path_params["plan_id"])
     try:
-        plan = await services(request).current(plan_id)
+        plan = await (plans or services(request)).current(plan_id)
     except NotFound:
         raise NotFound(f"no plan {plan_id!r} that you can see") from None
     member = plan.member(user)
@@ -150,8 +155,12 @@ def parse_time(raw: str, field: str) -> datetime:
 async def get_plan(request: Request) -> Response:
     """GET /plans/{id}; ?version=N (or a tag name) or ?at=ISO-8601 gives the plan as it was."""
     user = current_user(request)
-    plan, side = await plan_for_member(request, user)
-    svc = services(request)
+    return await serve_read(
+        request, user, lambda svc, plan, side: _plan_page(request, svc, plan, side)
+    )
+
+
+async def _plan_page(request: Request, svc: PlanService, plan: Plan, side: Side) -> Response:
     version_param = request.query_params.get("version")
     at_param = request.query_params.get("at")
     if version_param and at_param:
@@ -178,17 +187,20 @@ async def get_plan(request: Request) -> Response:
 async def get_events(request: Request) -> Response:
     """GET /plans/{id}/events?since=N&limit=M: the stream in version order."""
     user = current_user(request)
-    plan, side = await plan_for_member(request, user)
     since = _int_param(request, "since", 0) or 0
     limit = _int_param(request, "limit", 1000, low=1, high=10_000)
-    events = await services(request).store.read_stream(plan.id, after=since, limit=limit)
-    return json_response(
-        {
-            "plan_id": plan.id,
-            "version": plan.version,
-            "events": [event_out(e, side) for e in events],
-        }
-    )
+
+    async def page(svc: PlanService, plan: Plan, side: Side) -> Response:
+        events = await svc.store.read_stream(plan.id, after=since, limit=limit)
+        return json_response(
+            {
+                "plan_id": plan.id,
+                "version": plan.version,
+                "events": [event_out(e, side) for e in events],
+            }
+        )
+
+    return await serve_read(request, user, page)
 
 
 class NewInvite(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -34,6 +34,10 @@ class Settings(msgspec.Struct, frozen=True):
     read_burst: int = 200
     invite_ttl_seconds: int = 14 * 24 * 3600
     log_page_max: int = 10_000
+    # read replica (server/replica.py): reads use it only while it is this fresh
+    replica_url: str | None = None
+    replica_wait_ms: int = 200  # read-your-writes: how long to wait for it, then primary
+    replica_max_lag_ms: int = 1000
     # webhooks (server/webhooks.py): retries with exponential backoff and jitter, then parked
     webhook_max_attempts: int = 10
     webhook_backoff: float = 5.0  # seconds before the 2nd attempt; doubles each time
@@ -96,6 +100,9 @@ def load_settings(**overrides: object) -> Settings:
         "read_rate": float(env.get("MAPSTREAM_READ_RATE", "50")),
         "read_burst": int(env.get("MAPSTREAM_READ_BURST", "200")),
         "invite_ttl_seconds": int(env.get("MAPSTREAM_INVITE_TTL", str(14 * 24 * 3600))),
+        "replica_url": env.get("DATABASE_REPLICA_URL") or None,
+        "replica_wait_ms": int(env.get("MAPSTREAM_REPLICA_WAIT_MS", "200")),
+        "replica_max_lag_ms": int(env.get("MAPSTREAM_REPLICA_MAX_LAG_MS", "1000")),
         "webhook_max_attempts": int(env.get("MAPSTREAM_WEBHOOK_MAX_ATTEMPTS", "10")),
         "webhook_backoff": float(env.get("MAPSTREAM_WEBHOOK_BACKOFF", "5")),
         "webhook_backoff_max": float(env.get("MAPSTREAM_WEBHOOK_BACKOFF_MAX", "1800")),

@@ -422,6 +422,28 @@ class Store:
             for r in await self.pool.fetch("SELECT plan_id FROM plans ORDER BY plan_id")
         ]
 
+    # -- replication (server/replica.py) ---------------------------------------------------
+
+    async def plan_version(self, plan_id: str) -> int:
+        """The plan's last version here (0: absent); cheap enough to poll."""
+        v = await self.pool.fetchval("SELECT version FROM plans WHERE plan_id = $1", plan_id)
+        return int(v or 0)
+
+    async def wal_flushed(self) -> int:
+        """On the primary: the WAL position flushed so far (what a streaming replica can
+        receive), in bytes. A commit that returned has its commit record below it."""
+        v = await self.pool.fetchval("SELECT (pg_current_wal_flush_lsn() - '0/0')::bigint")
+        return int(v)
+
+    async def wal_replayed(self) -> int | None:
+        """On a standby: the WAL position replayed so far, in bytes; None if not in recovery
+        (pg_last_wal_replay_lsn stays set on a promoted server, so recovery is checked)."""
+        v = await self.pool.fetchval(
+            "SELECT CASE WHEN pg_is_in_recovery()"
+            " THEN (pg_last_wal_replay_lsn() - '0/0')::bigint END"
+        )
+        return None if v is None else int(v)
+
     # -- reads for auditors --------------------------------------------------------------
 
     async def log_count(self, upto: LogCursor | None = None) -> int:
