@@ -92,14 +92,15 @@ def create_app(settings: Settings, *, demo: bool = False, announce: str | None =
         hub = Hub()
         registry: set[Connection] = set()
         waker = Waker(pool)
-        follower = LogFollower(store, hub.publish, database_url=url)
+        metrics = observability.of(app).metrics  # per-app registry: see server/observability.py
+        follower = LogFollower(store, metrics.delivering(hub.publish), database_url=url)
 
         def appended(plan_id: str, version: int) -> None:
             follower.wake()
             reads.wrote(plan_id, version)
             waker.poke()
 
-        plans = PlanService(store, on_append=appended)
+        plans = PlanService(store, on_append=appended, metrics=metrics)
         reads = await ReadRouter.open(settings, plans)  # DATABASE_REPLICA_URL, if set
         limits = {
             "command": RateLimiter(settings.command_rate, settings.command_burst),

@@ -10,6 +10,7 @@ the plan and decides the batch again (nothing was answered yet).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import uuid
 from collections import OrderedDict
@@ -29,6 +30,7 @@ from domain.model import Plan
 from domain.visibility import audience
 from projections.snapshots import EVERY as SNAPSHOT_EVERY
 from projections.snapshots import SCHEMA as SNAPSHOT_SCHEMA
+from server.observability import Metrics
 from server.store import (
     Appended,
     AppendRequest,
@@ -276,8 +278,10 @@ class PlanService:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_append: Callable[[str, int], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics if metrics is not None else Metrics()
         self.clock = clock
         self.on_append = on_append
         self._writers: dict[str, _Writer] = {}
@@ -309,9 +313,18 @@ class PlanService:
         writer.queue.append(pending)
         if writer.task is None:
             writer.task = asyncio.create_task(
-                self._flush_loop(plan_id, writer), name=f"flush:{plan_id}"
+                # a fresh context: the flusher serves many requests, not the first one's id
+                self._flush_loop(plan_id, writer),
+                name=f"flush:{plan_id}",
+                context=contextvars.Context(),
             )
-        return await asyncio.shield(pending.future)
+        return await self.metrics.command(
+            asyncio.shield(pending.future),
+            plan_id=plan_id,
+            command_id=command_id,
+            correlation_id=correlation_id,
+            actor=actor,
+        )
 
     async def _flush_loop(self, plan_id: str, writer: _Writer) -> None:
         try:
@@ -437,6 +450,7 @@ class PlanService:
                 self._cache.pop(plan_id, None)
                 continue
             assert isinstance(result, Appended)
+            self.metrics.appended(len(new_events))
             if state is not None:
                 after = _Cached(plan, head, at, plan.version, len(state), 0)
             else:

@@ -581,6 +581,13 @@ class WebhookStore:
             at[1],
         )
 
+    async def backlog(self) -> int:
+        """Deliveries not yet accepted by their receiver (pending, waiting or retrying)."""
+        n = await self.pool.fetchval(
+            "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'"
+        )
+        return int(n or 0)
+
     async def due(self, limit: int) -> list[Due]:
         rows = await self.pool.fetch(_DUE, limit)
         return [
@@ -1307,6 +1314,9 @@ def start(app: Starlette) -> list[asyncio.Task[None]]:
     app.state.webhooks = hooks
     app.state.webhook_worker = worker
     app.state.webhook_outbox = runner
+    from server import observability
+
+    observability.set_webhook_backlog_source(hooks.backlog, app=app)
 
     async def outbox() -> None:
         while True:

@@ -76,7 +76,8 @@ async def test_postgres_restart_gives_503_then_recovers_without_doubling(tmp_pat
             )
             assert down.status_code == 503, down.text
             assert down.json()["error"]["code"] == "unavailable" and down.headers["retry-after"]
-            assert (await http.get("/healthz")).status_code == 503
+            assert (await http.get("/readyz")).status_code == 503
+            assert (await http.get("/healthz")).status_code == 200  # alive all the same
             await asyncio.to_thread(pg.start)
             # the client retries the same command_id until it is acknowledged, then once more
             answer = None

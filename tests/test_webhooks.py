@@ -620,6 +620,7 @@ async def test_the_outbox_writes_one_row_per_subscription_and_event_even_across_
             assert await rows() == want
             await runner.rebuild()  # the whole log again: the same rows, once
             assert await rows() == want
+            assert await hooks.backlog() == len(want)  # all pending: mapstream_webhook_backlog
             body = json.loads(
                 await pool.fetchval(
                     "SELECT body::text FROM webhook_deliveries"
