@@ -21,6 +21,7 @@ from domain.model import Plan, Side
 from domain.visibility import view_for
 from projections.audit import AuditRow
 from projections.diff import ItemDiff, diff, versions_by_item
+from server.apidoc import PLAN_ID, Doc
 from server.codec import json_response
 from server.http import current_user, plan_for_member, services
 from server.replica import serve_read
@@ -228,27 +229,15 @@ def openapi(ref_template: str) -> tuple[dict[str, Any], dict[str, Any]]:
         [AuditPage, DiffPage, TagsPage, VerifyOut], ref_template=ref_template
     )
 
+    doc = Doc(ref_template)
+
     def ok(name: str, what: str) -> dict[str, Any]:
-        def body(schema: str) -> dict[str, Any]:
-            return {"application/json": {"schema": {"$ref": ref_template.format(name=schema)}}}
-
-        errors = {
-            "400": "malformed",
-            "401": "unauthorized",
-            "404": "not_found (not a member, no such version or tag)",
-            "429": "rate_limited",
-        }
         return {
-            "200": {"description": what, "content": body(name)},
-            **{s: {"description": d, "content": body("Error")} for s, d in errors.items()},
+            "200": {"description": what, "content": doc.body(name)},
+            **doc.errors("404 not_found (not a member, no such version or tag)"),
         }
 
-    plan_id = {
-        "name": "plan_id",
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
-    }
+    plan_id = PLAN_ID
     paths = {
         "/plans/{plan_id}/audit": {
             "get": {

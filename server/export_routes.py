@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from domain.visibility import view_for
 from projections import exports
+from server.apidoc import PLAN_ID, Doc
 from server.http import current_user, plan_for_member, services
 
 
@@ -82,31 +83,19 @@ _EXPORTS = {
 
 def openapi(ref: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(paths, components) to merge into /openapi.json."""
-    plan_id = {
-        "name": "plan_id",
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
-    }
-    error = {"application/json": {"schema": {"$ref": ref.format(name="Error")}}}
-    errors = {
-        "400": "malformed",
-        "401": "unauthorized",
-        "404": "not_found (not a member)",
-        "429": "rate_limited",
-    }
+    errors = Doc(ref).errors("404 not_found (not a member)")
     paths: dict[str, Any] = {}
     for ext, (media_type, what) in _EXPORTS.items():
         paths[f"/plans/{{plan_id}}/export.{ext}"] = {
             "get": {
                 "summary": f"{what} (your side's view: the other side's internal items left out)",
-                "parameters": [plan_id],
+                "parameters": [PLAN_ID],
                 "responses": {
                     "200": {
                         "description": f"the plan as {media_type}",
                         "content": {media_type: {"schema": {"type": "string"}}},
                     },
-                    **{s: {"description": d, "content": error} for s, d in errors.items()},
+                    **errors,
                 },
             }
         }

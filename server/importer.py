@@ -34,6 +34,7 @@ from domain.model import CompellingEvent, PlanKind, Side
 from domain.plans import CreatePlan
 from projections import exports, imports
 from projections.imports import Built, RowError, Sheet
+from server.apidoc import Doc
 from server.codec import check_plan_id, json_response, read_body
 from server.errors import decode_error_to_malformed
 from server.http import current_user, services
@@ -344,8 +345,7 @@ def openapi(ref: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(paths, components) to merge into /openapi.json; `ref` formats a component $ref."""
     _, components = msgspec.json.schema_components([Imported, ImportInvalidError], ref_template=ref)
 
-    def body(name: str) -> dict[str, Any]:
-        return {"application/json": {"schema": {"$ref": ref.format(name=name)}}}
+    body = Doc(ref).body
 
     errors = {
         "400": "malformed (a plan field or the content type; `field` names it)",

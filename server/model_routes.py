@@ -30,6 +30,7 @@ from domain.templates import Skeleton, Template, check, from_plan, instantiate, 
 from domain.visibility import view_for
 from projections.analytics import Analytics, portfolio
 from projections.health import Health, health
+from server.apidoc import PLAN_ID, Doc
 from server.codec import NewPlan, check_plan_id, decode, json_response, read_body
 from server.http import current_user, plan_for_member, services
 from server.plans import new_id
@@ -391,25 +392,13 @@ def openapi(ref_template: str) -> tuple[dict[str, Any], dict[str, Any]]:
         ref_template=ref_template,
     )
 
-    def body(name: str) -> dict[str, Any]:
-        return {"application/json": {"schema": {"$ref": ref_template.format(name=name)}}}
+    doc = Doc(ref_template)
+    body = doc.body
 
     def errors(*extra: str) -> dict[str, Any]:
-        codes = {
-            "400": "malformed",
-            "401": "unauthorized",
-            "404": "not_found",
-            "429": "rate_limited",
-            **dict(extra_code.split(" ", 1) for extra_code in extra),
-        }
-        return {s: {"description": d, "content": body("Error")} for s, d in codes.items()}
+        return doc.errors("404 not_found", *extra)
 
-    plan_id = {
-        "name": "plan_id",
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
-    }
+    plan_id = PLAN_ID
     paths = {
         "/analytics": {
             "get": {

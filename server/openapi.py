@@ -9,6 +9,7 @@ import msgspec
 
 from domain.decider import COMMAND_TYPES, EVENT_TYPES
 from domain.model import Plan
+from server.apidoc import PLAN_ID
 from server.codec import NewPlan
 from server.errors import STATUS
 
@@ -100,12 +101,7 @@ def _errors(*codes: str) -> dict[str, Any]:
     return out
 
 
-_PLAN_ID = {
-    "name": "plan_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
-}
+_PLAN_ID = PLAN_ID
 _COMMON = ("malformed", "unauthorized", "not_found", "rate_limited")
 
 

@@ -64,6 +64,7 @@ from domain.visibility import view_for
 from projections.diff import ITEM_FIELDS
 from projections.runner import LogEvent, ProjectionRunner, stopping
 from projections.states import Loader, PlanStates, recorded_of
+from server.apidoc import Doc
 from server.codec import check_plan_id, decode, json_response, read_body
 from server.settings import Settings
 from server.store import LogCursor, ProjectionTable, Store, release_advisory_lock
@@ -1109,17 +1110,8 @@ def openapi(ref: str) -> tuple[dict[str, Any], dict[str, Any]]:
         ref_template=ref,
     )
 
-    def body(name: str) -> dict[str, Any]:
-        return {"application/json": {"schema": {"$ref": ref.format(name=name)}}}
-
-    def errors(*extra: str) -> dict[str, Any]:
-        codes = {
-            "400": "malformed",
-            "401": "unauthorized",
-            "429": "rate_limited",
-            **dict(e.split(" ", 1) for e in extra),
-        }
-        return {s: {"description": d, "content": body("Error")} for s, d in codes.items()}
+    doc = Doc(ref)
+    body, errors = doc.body, doc.errors
 
     subscription_id = {
         "name": "subscription_id",

@@ -1,0 +1,33 @@
+"""Pieces of the OpenAPI document that the route modules share (server/openapi.py builds the
+document from each module's `openapi(ref)`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+PLAN_ID: dict[str, Any] = {
+    "name": "plan_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+}
+
+# every authenticated route can answer these
+COMMON_ERRORS = ("400 malformed", "401 unauthorized", "429 rate_limited")
+
+
+class Doc:
+    """Content and error responses written against one `$ref` template."""
+
+    def __init__(self, ref: str) -> None:
+        self.ref = ref
+
+    def body(self, name: str) -> dict[str, Any]:
+        """A JSON body of the component schema `name`."""
+        return {"application/json": {"schema": {"$ref": self.ref.format(name=name)}}}
+
+    def errors(self, *extra: str) -> dict[str, Any]:
+        """Error responses: the common ones, then each "STATUS description" of `extra` (a
+        later one for the same status replaces the earlier)."""
+        codes = dict(e.split(" ", 1) for e in (*COMMON_ERRORS, *extra))
+        return {s: {"description": d, "content": self.body("Error")} for s, d in codes.items()}
