@@ -101,6 +101,7 @@ def create_app(settings: Settings, *, demo: bool = False, announce: str | None =
             waker.poke()
 
         plans = PlanService(store, on_append=appended, metrics=metrics)
+        plans.cut_off = follower.lost.is_set
         reads = await ReadRouter.open(settings, plans)  # DATABASE_REPLICA_URL, if set
         limits = {
             "command": RateLimiter(settings.command_rate, settings.command_burst),

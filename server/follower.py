@@ -4,6 +4,11 @@ Wake-ups never sit on the commit path: after an append commits, the writing inst
 a `Waker` that sends one coalesced `NOTIFY mapstream_log` from its own connection. Followers
 LISTEN for it, and also poll on a short interval as a safety net (a lost notification, a
 dropped LISTEN connection, or events that were not yet below the xmin horizon when woken).
+
+An instance that cannot read the log (PostgreSQL down, or a network partition between this
+instance and PostgreSQL, where queries hang rather than fail) has nothing to send its
+sockets: after `stall_after` seconds without a successful read the follower sets `lost`, and
+the hub closes its sockets with 1012 so clients resume on another instance (server/ws.py).
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from server.store import LOG_START, LogCursor, Store, StoredEvent
 log = logging.getLogger(__name__)
 
 CHANNEL = "mapstream_log"
+# Seconds without a successful read of the log before an instance counts as cut off from
+# its database. The follower reads every 100 ms when healthy, so this never fires on load.
+STALL_AFTER = 5.0
 
 
 class Waker:
@@ -57,6 +65,7 @@ class LogFollower:
         database_url: str,
         poll_interval: float = 0.1,
         batch: int = 500,
+        stall_after: float = STALL_AFTER,
     ) -> None:
         self.store = store
         self.publish = publish
@@ -69,13 +78,37 @@ class LogFollower:
         self.last_event_at: float | None = None
         self.lag_seconds = 0.0
         self.delivered = 0
+        self.stall_after = stall_after
+        self.last_read = time.monotonic()
+        # set while the log has not been read for `stall_after` s: sockets here get nothing
+        self.lost = asyncio.Event()
 
     def wake(self) -> None:
         self._wake.set()
 
+    def _read_ok(self) -> None:
+        self.last_read = time.monotonic()
+        if self.lost.is_set():
+            self.lost.clear()
+            log.warning("log follower reads the database again")
+
+    async def _watch(self) -> None:
+        """Set `lost` when reads stop succeeding (a partitioned query hangs, it does not fail)."""
+        while True:
+            await asyncio.sleep(min(1.0, self.stall_after / 4))
+            stalled = time.monotonic() - self.last_read
+            if stalled > self.stall_after and not self.lost.is_set():
+                log.warning(
+                    "log follower has not read the database for %.0f s: closing sockets so "
+                    "their clients resume on another instance",
+                    stalled,
+                )
+                self.lost.set()
+
     async def run(self) -> None:
         """Follow forever; survives database restarts by retrying with backoff."""
         listener = asyncio.create_task(self._listen(), name="log-listener")
+        watchdog: asyncio.Task[None] | None = None
         try:
             while True:
                 try:
@@ -84,7 +117,9 @@ class LogFollower:
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     log.warning("log follower cannot read the log head yet: %s", exc)
                     await asyncio.sleep(0.5)
+            self._read_ok()
             self.started.set()
+            watchdog = asyncio.create_task(self._watch(), name="log-watchdog")
             while True:
                 try:
                     events = await self.store.read_log(self.cursor, limit=self.batch)
@@ -92,6 +127,7 @@ class LogFollower:
                     log.warning("log follower lost the database, retrying: %s", exc)
                     await asyncio.sleep(0.5)
                     continue
+                self._read_ok()
                 if events:
                     self.cursor = events[-1].cursor
                     self.delivered += len(events)
@@ -110,6 +146,8 @@ class LogFollower:
                     pass
         finally:
             listener.cancel()
+            if watchdog is not None:
+                watchdog.cancel()
 
     async def _listen(self) -> None:
         """A dedicated LISTEN connection; reconnects when it drops (polling covers the gap)."""

@@ -287,6 +287,10 @@ class PlanService:
         self._writers: dict[str, _Writer] = {}
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._group = GroupCommit(store)
+        # True while this instance cannot read its database (set by the app from its log
+        # follower): commands are then refused at once rather than left hanging on a
+        # partitioned connection until the statement timeout
+        self.cut_off: Callable[[], bool] = lambda: False
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -301,6 +305,11 @@ class PlanService:
         expected_version: int | None = None,
     ) -> CommandAnswer:
         """Decide and append one command. Raises MapstreamError (domain, conflict, unavailable)."""
+        if self.cut_off():
+            raise Unavailable(
+                "this instance cannot reach the database right now: retry with the same "
+                "command_id (another instance may answer)"
+            )
         if type(command).__struct_config__.tag in CREATES_ITEM and not getattr(command, "id", ""):
             command = msgspec.structs.replace(command, id=new_id())  # type: ignore[type-var]
         loop = asyncio.get_running_loop()

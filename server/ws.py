@@ -2,8 +2,9 @@
 
 `Connection.handle` turns one client message into replies (on the outbox) and subscription
 changes; `Connection.run` is the pump: it authenticates, reads messages, and a sender task
-moves the bounded outbox to the socket. Closing decisions (4001, 4003, 4008) are made by
-setting `outbox.close`, so the pump is the one place that closes.
+moves the bounded outbox to the socket. Closing decisions (4001, 4003, 4008, and 1012 when
+this instance has lost its database) are made by setting `outbox.close`, so the pump is the
+one place that closes.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ class Connection:
             self.registry.add(self)
             sender = asyncio.create_task(self._send_loop())
             reader = asyncio.create_task(self._read_loop())
-            expiry = asyncio.create_task(self._expiry_loop())
+            expiry = asyncio.create_task(self._lifetime_loop())
             closing = asyncio.create_task(self.outbox.closing.wait())
             await asyncio.wait({reader, closing, sender}, return_when=asyncio.FIRST_COMPLETED)
             for task in (reader, expiry, closing):
@@ -163,7 +164,12 @@ class Connection:
         except WebSocketDisconnect:
             return
 
-    async def _expiry_loop(self) -> None:
+    async def _lifetime_loop(self) -> None:
+        """Close with 4001 when the token expires, or with 1012 while this instance cannot
+        read the global log (its database is down or unreachable): a socket kept open here
+        would stay silent, so its client had better resume on another instance."""
+        follower = getattr(self.ws.app.state, "follower", None)
+        lost: asyncio.Event | None = getattr(follower, "lost", None)
         while True:
             assert self.identity is not None
             remaining = self.identity.expires_at - time.time()
@@ -172,7 +178,18 @@ class Connection:
                     CloseCode.UNAUTHORIZED, "token expired: reconnect with a new token"
                 )
                 return
-            await asyncio.sleep(min(remaining, 5.0))
+            if lost is None:
+                await asyncio.sleep(min(remaining, 5.0))
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(remaining, 5.0)):
+                    await lost.wait()
+            if lost.is_set():
+                self.outbox.close(
+                    CloseCode.SERVER_RESTARTING,
+                    "this instance lost its database: reconnect (elsewhere) and resume",
+                )
+                return
 
     async def _cleanup(self) -> None:
         for sub in list(self.subs.values()):
