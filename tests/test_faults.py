@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
+import msgspec
 import pytest
 
+from domain.base import Recorded
+from domain.decider import decode_event, fold, schema_version_of
+from domain.model import Plan
+from domain.visibility import view_for
 from server.client import PlanFeed
+from server.plans import PlanService
+from server.store import Store
 from tests.support import ServerProcess, auth, token
 
 SELLER = "sam@seller.example"
@@ -112,7 +122,9 @@ async def test_postgres_restart_gives_503_then_recovers_without_doubling(tmp_pat
         await asyncio.to_thread(pg.stop)
 
 
-async def test_killed_instance_loses_no_acknowledged_command(database_url: str, tmp_path: Path):
+async def test_killed_instance_loses_no_acknowledged_command(
+    database_url: str, pool: asyncpg.Pool, tmp_path: Path
+):
     """Two instances, writers and 50 subscribers; kill -9 one mid-stream; everyone converges."""
     a, b = ServerProcess(database_url, tmp_path), ServerProcess(database_url, tmp_path)
     await asyncio.gather(a.start(), b.start())
@@ -154,11 +166,19 @@ async def test_killed_instance_loses_no_acknowledged_command(database_url: str, 
             for n in range(50)
         ]
         seen: list[list[int]] = [[] for _ in feeds]
+        states = [Plan(id=plan_id) for _ in feeds]  # each client's own fold of what it got
 
         async def follow(n: int) -> None:
             async for m in feeds[n]:
                 if m["op"] == "event":
-                    seen[n].append(m["event"]["version"])
+                    e = m["event"]
+                    seen[n].append(e["version"])
+                    if e["version"] == states[n].version + 1:
+                        event = decode_event(
+                            e["type"], schema_version_of(e["type"]), json.dumps(e["data"]).encode()
+                        )
+                        at = datetime.fromisoformat(e["recorded_at"])
+                        states[n] = fold([Recorded(e["version"], e["actor"], at, event)], states[n])
 
         followers = [asyncio.create_task(follow(n)) for n in range(len(feeds))]
         writers = [asyncio.create_task(writer(k)) for k in range(4)]
@@ -184,6 +204,14 @@ async def test_killed_instance_loses_no_acknowledged_command(database_url: str, 
                 await asyncio.sleep(0.1)
         for s in seen:
             assert s == list(range(1, head + 1))
+        # every client's state is byte for byte a fresh fold of the stored events (the buyer's
+        # view, as the buyer's GET answers it)
+        async with httpx.AsyncClient(base_url=b.url, timeout=10) as http:
+            served = (await http.get(f"/plans/{plan_id}", headers=auth(BUYER))).json()
+        fresh = await PlanService(Store(pool)).current(plan_id)
+        fresh_bytes = msgspec.json.encode(view_for(fresh, "buyer"))
+        assert msgspec.json.decode(fresh_bytes) == served["state"]
+        assert all(msgspec.json.encode(view_for(st, "buyer")) == fresh_bytes for st in states)
         assert any(f.reconnects > 0 for f in feeds)
         for f in feeds:
             await f.close()
