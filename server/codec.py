@@ -53,13 +53,19 @@ def decode(body: bytes, decoder: msgspec.json.Decoder[Any]) -> Any:
 def decode_command(body: bytes) -> tuple[CommandEnvelope, PlanCommand]:
     """Validate the envelope, then the command's own data, naming the field that is wrong."""
     envelope: CommandEnvelope = decode(body, _ENVELOPE)
-    if envelope.correlation_id is not None and (
-        len(envelope.correlation_id) > 200 or not envelope.correlation_id.isprintable()
-    ):
+    check_correlation_id(envelope.correlation_id)
+    return envelope, decode_command_data(envelope.type, envelope.command_id, envelope.data)
+
+
+def check_correlation_id(value: object) -> str | None:
+    """A command's optional correlation id: at most 200 printable characters."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 200 or not value.isprintable():
         raise Malformed(
             "`correlation_id` must be at most 200 printable characters", field="correlation_id"
         )
-    return envelope, decode_command_data(envelope.type, envelope.command_id, envelope.data)
+    return value
 
 
 def decode_command_data(kind: str, command_id: str, data: bytes | msgspec.Raw) -> PlanCommand:

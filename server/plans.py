@@ -30,6 +30,7 @@ from domain.model import Plan
 from domain.visibility import audience
 from projections.snapshots import EVERY as SNAPSHOT_EVERY
 from projections.snapshots import SCHEMA as SNAPSHOT_SCHEMA
+from server.errors import database_down
 from server.observability import Metrics
 from server.store import (
     Appended,
@@ -230,12 +231,17 @@ class GroupCommit:
                 return
             try:
                 results = await self.store.append_many([r for r, _ in group])
-            except (DuplicateCommand, asyncpg.DeadlockDetectedError):
-                self.fallbacks += 1
-                await asyncio.gather(*(self._settle(r, f) for r, f in group))
-                return
             except BaseException as exc:
-                for _, future in group:
+                if isinstance(exc, DuplicateCommand | asyncpg.PostgresError) and not (
+                    database_down(exc)
+                ):
+                    # refused as a whole (a recorded command id, a deadlock with another
+                    # instance, or one batch PostgreSQL rejects): each batch on its own, so
+                    # one plan's problem is that plan's answer only
+                    self.fallbacks += 1
+                    await asyncio.gather(*(self._settle(r, f) for r, f in group))
+                    return
+                for _, future in group:  # the database is gone (or we are cancelled)
                     if not future.done():
                         future.set_exception(exc)
                 if not isinstance(exc, Exception):

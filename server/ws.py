@@ -23,7 +23,7 @@ from domain.errors import Forbidden, Malformed, MapstreamError, NotFound
 from domain.rules import item_audience
 from domain.visibility import view_for
 from server.closecodes import CloseCode
-from server.codec import check_plan_id, decode_command_data
+from server.codec import check_correlation_id, check_plan_id, decode_command_data
 from server.hub import Hub, Subscription, event_frame
 from server.limits import RateLimiter
 from server.plans import PlanService
@@ -343,9 +343,7 @@ class Connection:
             self.user,
             command_id=command_id,
             expected_version=expected,
-            correlation_id=msg.get("correlation_id")
-            if isinstance(msg.get("correlation_id"), str)
-            else None,
+            correlation_id=check_correlation_id(msg.get("correlation_id")),
         )
         self.reply(op="ack", command_id=command_id, plan_id=plan_id, version=answer.version)
 

@@ -305,3 +305,26 @@ async def test_a_repeated_command_id_in_a_group_falls_back_and_answers_each_plan
     assert service._group.fallbacks > 0  # a group statement was refused and split
     for p in plan_ids:
         assert [e.command_id for e in await store.read_stream(p)][2:] == ["rep", "new"]
+
+
+async def test_a_batch_postgresql_refuses_fails_alone_in_a_group_statement(store: Store):
+    service = PlanService(store)
+    plan_ids = [await create(service) for _ in range(12)]
+    answers = await asyncio.gather(
+        *(
+            service.handle(
+                p,
+                co.AddComment(id="c1", item_id="plan", text="hi"),
+                OWNER,
+                command_id=f"poison-{n}",
+                # a NUL cannot be stored in text: PostgreSQL refuses the whole statement
+                correlation_id="bad\x00id" if n == 5 else None,
+            )
+            for n, p in enumerate(plan_ids)
+        ),
+        return_exceptions=True,
+    )
+    assert isinstance(answers[5], BaseException)
+    assert [a.version for n, a in enumerate(answers) if n != 5] == [3] * 11  # type: ignore[union-attr]
+    assert service._group.fallbacks > 0  # the refused group statement was split
+    assert [e.version for e in await store.read_stream(plan_ids[5])] == [1, 2]
