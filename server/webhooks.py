@@ -817,9 +817,7 @@ class DeliveryWorker:
         try:
             private = None if self.settings.webhook_allow_private else await private_address(d.url)
             if private is not None:
-                raise ConnectionRefusedError(
-                    f"not sent: the URL now reaches {private}, a private address"
-                )
+                raise ConnectionRefusedError("not sent: the URL now reaches a private address")
             # the answer's body is never read: a receiver cannot make us buffer it
             async with self._client.stream("POST", d.url, content=body, headers=headers) as r:
                 status = r.status_code
@@ -917,7 +915,8 @@ def check_url(url: str) -> str:
             parts = urlsplit(url)
             ok = parts.scheme in ("http", "https") and bool(parts.hostname)
             _ = parts.port  # raises on a bad port
-        except ValueError:
+            (parts.hostname or "").encode("idna")  # raises on a name DNS cannot carry
+        except (ValueError, UnicodeError):
             ok = False
     if not ok:
         raise Malformed(
@@ -940,7 +939,7 @@ async def private_address(url: str) -> str | None:
         infos = await asyncio.get_running_loop().getaddrinfo(
             host, parts.port or (443 if parts.scheme == "https" else 80)
         )
-    except OSError:
+    except (OSError, UnicodeError):
         return None  # does not resolve: the attempt fails on its own, with the resolver's words
     for info in infos:
         address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
@@ -1013,8 +1012,9 @@ async def create_webhook(request: Request) -> Response:
         private = await private_address(url)
         if private is not None:
             raise Malformed(
-                f"`url` reaches {private}, an address of this server's own network; webhooks go"
-                " to public addresses (MAPSTREAM_WEBHOOK_ALLOW_PRIVATE=1 allows it)",
+                "`url` reaches an address of this server's own network (loopback, private or"
+                " link-local); webhooks go to public addresses"
+                " (MAPSTREAM_WEBHOOK_ALLOW_PRIVATE=1 allows it)",
                 field="url",
             )
     created = await _hooks(request).create(org, url, events, new.description, user)

@@ -284,6 +284,7 @@ async def test_a_receiver_that_fails_twice_gets_each_event_once_in_order_signed(
             for bad, field in [
                 ({**sub_in, "url": "ftp://example.com/x"}, "url"),
                 ({**sub_in, "url": "http://"}, "url"),
+                ({**sub_in, "url": "http://a..b/x"}, "url"),  # no IDNA encoding: not a 500
                 ({**sub_in, "events": ["NoSuchEvent"]}, "events"),
                 ({**sub_in, "events": []}, "events"),
                 ({**sub_in, "colour": "red"}, "colour"),
