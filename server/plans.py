@@ -543,6 +543,11 @@ class PlanService:
         `plan` is the fold of `events`, each given with the only side that may see it. All or
         nothing: returns the new version, the version recorded for `command_id` when this is
         a retry, or None when a plan with this id exists already (nothing written)."""
+        if self.cut_off():
+            raise Unavailable(
+                "this instance cannot reach the database right now: retry with the same "
+                "command_id (another instance may answer)"
+            )
         head = chain.GENESIS
         new_events: list[NewEvent] = []
         for version, (event, side) in enumerate(events, 1):
@@ -560,9 +565,13 @@ class PlanService:
             result = None
         if not isinstance(result, Appended):
             if command_id:
-                known = await self.store.command_results(plan.id, [command_id])
-                if command_id in known:
-                    return known[command_id].version
+                known = (await self.store.command_results(plan.id, [command_id])).get(command_id)
+                if known is not None:
+                    first = await self.store.read_stream(
+                        plan.id, after=known.first_version - 1, upto=known.first_version
+                    )
+                    if first and first[0].actor == actor:  # a retry by the same person
+                        return known.version
             return None
         # the cache may hold this id as "no plan yet" (a command sent to it before)
         self._remember(plan.id, _Cached(plan, head, at, plan.version, len(state), 0))

@@ -556,3 +556,18 @@ async def test_cli_says_when_the_server_is_not_there(
     argv += ["--url", "http://127.0.0.1:9", "--token", token(SELLER), "--timeout", "5"]
     code = await asyncio.to_thread(main, argv)
     assert code == 1 and "cannot reach http://127.0.0.1:9" in capsys.readouterr().err
+
+
+async def test_someone_elses_retry_of_an_import_is_told_the_plan_exists(
+    http: httpx.AsyncClient,
+):
+    key = uuid.uuid4().hex
+    plan_id = f"mine-{uuid.uuid4().hex[:8]}"
+    first = await import_csv(http, GOOD, command_id=key, plan_id=plan_id)
+    assert first.status_code == 201, first.text
+    # a stranger who guesses the plan id and the command id learns nothing beyond "taken"
+    other = await import_csv(
+        http, GOOD, who="eve@elsewhere.example", command_id=key, plan_id=plan_id
+    )
+    assert other.status_code == 422, other.text
+    assert other.json()["error"]["rule"] == "plan_exists"
