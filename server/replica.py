@@ -51,6 +51,7 @@ SOURCE_HEADER = "X-Mapstream-Read"
 
 _POLL_SECONDS = 0.005  # how often a read-your-writes wait asks the replica again
 _PROBE_TIMEOUT = 2.0  # a monitor probe that takes longer counts as a failure
+_READ_SECONDS = 1.0  # a replica read (beyond the read-your-writes wait) that takes longer fails
 _MAX_SAMPLES = 20_000  # primary positions the replica has not replayed yet (oldest dropped)
 _MAX_WRITTEN = 100_000  # plans this instance remembers writing to (oldest dropped)
 
@@ -220,13 +221,15 @@ async def serve_read(request: Request, user: str, render: Render) -> Response:
     replica = router.replica
     if replica is not None and router.usable():
         try:
-            plan, side = await plan_for_member(request, user, replica)
-            if plan.version >= needed or await router.caught_up(plan_id, needed):
-                if plan.version < needed:
-                    plan, side = await plan_for_member(request, user, replica)
-                response = await render(replica, plan, side)
-                response.headers[SOURCE_HEADER] = "replica"
-                return response
+            # a partitioned replica hangs rather than fails: bound its part of the read
+            async with asyncio.timeout(_READ_SECONDS + router.wait):
+                plan, side = await plan_for_member(request, user, replica)
+                if plan.version >= needed or await router.caught_up(plan_id, needed):
+                    if plan.version < needed:
+                        plan, side = await plan_for_member(request, user, replica)
+                    response = await render(replica, plan, side)
+                    response.headers[SOURCE_HEADER] = "replica"
+                    return response
         except (NotFound, Forbidden):
             pass  # perhaps not replayed yet: the primary decides
         except MapstreamError:
