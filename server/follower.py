@@ -76,6 +76,7 @@ class LogFollower:
         self.started = asyncio.Event()
         self._wake = asyncio.Event()
         self.last_event_at: float | None = None
+        self._conn: asyncpg.Connection | None = None
         self.lag_seconds = 0.0
         self.delivered = 0
         self.stall_after = stall_after
@@ -122,9 +123,10 @@ class LogFollower:
             watchdog = asyncio.create_task(self._watch(), name="log-watchdog")
             while True:
                 try:
-                    events = await self.store.read_log(self.cursor, limit=self.batch)
+                    events = await self._read()
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     log.warning("log follower lost the database, retrying: %s", exc)
+                    await self._drop_connection()
                     await asyncio.sleep(0.5)
                     continue
                 self._read_ok()
@@ -148,6 +150,25 @@ class LogFollower:
             listener.cancel()
             if watchdog is not None:
                 watchdog.cancel()
+            await self._drop_connection()
+
+    async def _read(self) -> list[StoredEvent]:
+        """The next batch, on a connection of the follower's own: reads many times a second
+        under load, so it skips the pool's wait and its reset round trip on every release,
+        and a busy pool never looks like a lost database to the watchdog."""
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncpg.connect(
+                self.database_url,
+                timeout=10,
+                command_timeout=30,
+                server_settings={"application_name": "mapstream-follower"},
+            )
+        return await self.store.read_log(self.cursor, limit=self.batch, conn=self._conn)
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()  # no goodbye: it may be the connection that hangs
 
     async def _listen(self) -> None:
         """A dedicated LISTEN connection; reconnects when it drops (polling covers the gap)."""

@@ -387,7 +387,13 @@ class Store:
         )
         return int(v or 0)
 
-    async def read_log(self, after: LogCursor = LOG_START, limit: int = 1000) -> list[StoredEvent]:
+    async def read_log(
+        self,
+        after: LogCursor = LOG_START,
+        limit: int = 1000,
+        *,
+        conn: asyncpg.Connection | None = None,
+    ) -> list[StoredEvent]:
         """The global log after `after`, gap-free for readers.
 
         Positions are taken at insert but become visible at commit, in any order. So a reader
@@ -395,8 +401,9 @@ class Store:
         (pg_snapshot_xmin): that prefix can no longer change. It orders and checkpoints by
         (transaction_id, position). A long-running writing transaction holds readers back,
         which is why writers are kept short and idle_in_transaction_session_timeout is set.
+        `conn`: read on this connection instead of the pool (the hub's follower has its own).
         """
-        rows = await self.pool.fetch(
+        rows = await (conn or self.pool).fetch(
             f"SELECT {_EVENT_COLUMNS} FROM events"
             " WHERE (transaction_id, position) > ($1::text::xid8, $2::bigint)"
             "   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())"
