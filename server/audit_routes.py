@@ -22,7 +22,7 @@ from domain.visibility import view_for
 from projections.audit import AuditRow
 from projections.diff import ItemDiff, diff, versions_by_item
 from server.apidoc import PLAN_ID, Doc
-from server.codec import json_response
+from server.codec import int_query, json_response
 from server.http import current_user, plan_for_member, services
 from server.replica import serve_read
 from server.store import Store
@@ -30,20 +30,6 @@ from server.tools import audit_query, verdict_body, verify_with_head, version_of
 
 # How long GET /audit waits for the asynchronous trail to reach the plan's version.
 CATCH_UP_SECONDS = 2.0
-
-
-_MAX_VERSION = 2**31 - 1  # versions are PostgreSQL integers
-
-
-def _int_param(
-    request: Request, name: str, default: int, *, low: int = 0, high: int = _MAX_VERSION
-) -> int:
-    raw = request.query_params.get(name)
-    if not raw:
-        return default
-    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
-        raise Malformed(f"`{name}` must be a whole number from {low} to {high}", field=name)
-    return int(raw)
 
 
 def _store(request: Request) -> Store:
@@ -74,8 +60,8 @@ async def get_audit(request: Request) -> Response:
     `from`/`to` take a version, a tag or an ISO-8601 time; `type` a comma-separated list of
     event types; `actor` an email or a name. Pages: pass `next` back as `after`."""
     user = current_user(request)
-    limit = _int_param(request, "limit", 100, low=1, high=1000)
-    after = _int_param(request, "after", 0)
+    limit = int_query(request, "limit", 100, low=1, high=1000)
+    after = int_query(request, "after", 0)
     return await serve_read(
         request,
         user,

@@ -110,3 +110,18 @@ def json_response(
     content: Any, status_code: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
     return JSONResponse(content, status_code=status_code, headers=headers)
+
+
+INT_MAX = 2**31 - 1  # versions and limits are 32-bit in the store
+
+
+def int_query(
+    request: Request, name: str, default: int, *, low: int = 0, high: int = INT_MAX
+) -> int:
+    """The whole-number query parameter `name` (`default` when absent), within [low, high]."""
+    raw = request.query_params.get(name, "")
+    if raw == "":
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+        raise Malformed(f"`{name}` must be a whole number from {low} to {high}", field=name)
+    return int(raw)

@@ -21,6 +21,7 @@ from server.codec import (
     check_plan_id,
     decode,
     decode_command,
+    int_query,
     json_response,
     read_body,
 )
@@ -121,25 +122,6 @@ async def post_command(request: Request) -> Response:
     return json_response(answer_body(plan_id, answer, None))
 
 
-def _int_param(
-    request: Request, name: str, default: int | None, *, low: int = 0, high: int | None = None
-) -> int | None:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise Malformed(f"`{name}` must be a whole number", field=name) from None
-    high = _INT_MAX if high is None else high  # versions are 32-bit in the store
-    if not low <= value <= high:
-        raise Malformed(f"`{name}` must be between {low} and {high}", field=name)
-    return value
-
-
-_INT_MAX = 2**31 - 1
-
-
 def parse_time(raw: str, field: str) -> datetime:
     try:
         at = datetime.fromisoformat(raw.replace("Z", "+00:00"))
@@ -187,8 +169,8 @@ async def _plan_page(request: Request, svc: PlanService, plan: Plan, side: Side)
 async def get_events(request: Request) -> Response:
     """GET /plans/{id}/events?since=N&limit=M: the stream in version order."""
     user = current_user(request)
-    since = _int_param(request, "since", 0) or 0
-    limit = _int_param(request, "limit", 1000, low=1, high=10_000)
+    since = int_query(request, "since", 0)
+    limit = int_query(request, "limit", 1000, low=1, high=10_000)
 
     async def page(svc: PlanService, plan: Plan, side: Side) -> Response:
         events = await svc.store.read_stream(plan.id, after=since, limit=limit)
@@ -292,7 +274,7 @@ async def read_log(request: Request) -> Response:
     if user not in request.app.state.settings.admins:
         raise Forbidden("the global log is for admins (MAPSTREAM_ADMINS)")
     after = parse_cursor(request.query_params.get("after", ""))
-    limit = _int_param(request, "limit", 1000, low=1, high=request.app.state.settings.log_page_max)
+    limit = int_query(request, "limit", 1000, low=1, high=request.app.state.settings.log_page_max)
     events = await services(request).store.read_log(after, limit=limit or 1000)
     cursor = format_cursor(events[-1].cursor) if events else format_cursor(after)
     return json_response({"events": [event_out(e) for e in events], "next": cursor})

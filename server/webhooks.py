@@ -65,7 +65,7 @@ from projections.diff import ITEM_FIELDS
 from projections.runner import LogEvent, ProjectionRunner, stopping
 from projections.states import Loader, PlanStates, recorded_of
 from server.apidoc import Doc
-from server.codec import check_plan_id, decode, json_response, read_body
+from server.codec import check_plan_id, decode, int_query, json_response, read_body
 from server.settings import Settings
 from server.store import LogCursor, ProjectionTable, Store, release_advisory_lock
 
@@ -980,15 +980,6 @@ async def _managed(request: Request, user: str) -> WebhookOut:
     return sub
 
 
-def _int_query(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name, "")
-    if raw == "":
-        return default
-    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
-        raise Malformed(f"`{name}` must be a whole number from {low} to {high}", field=name)
-    return int(raw)
-
-
 async def create_webhook(request: Request) -> Response:
     """POST /webhooks: subscribe a URL to a seller organisation's events; the secret once."""
     from server.http import current_user
@@ -1059,7 +1050,7 @@ async def list_deliveries(request: Request) -> Response:
     plan_id = request.query_params.get("plan_id") or None
     if plan_id is not None:
         check_plan_id(plan_id)
-    limit = _int_query(request, "limit", 100, 1, 1000)
+    limit = int_query(request, "limit", 100, low=1, high=1000)
     rows = await _hooks(request).deliveries(
         sub.subscription_id, status=status, plan_id=plan_id, limit=limit
     )
