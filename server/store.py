@@ -206,6 +206,37 @@ FROM req r
 """
 
 
+def _event_arrays(
+    pairs: Sequence[tuple[str, NewEvent]], firsts: set[tuple[str, int]]
+) -> list[list[Any]]:
+    """The events' columns as the append statements' unnest() takes them; `firsts` are the
+    (plan, version) of each command's first event (flagged `command_first`)."""
+    return [
+        [e.version for _, e in pairs],
+        [e.type for _, e in pairs],
+        [e.schema_version for _, e in pairs],
+        [e.data for _, e in pairs],
+        [e.actor for _, e in pairs],
+        [e.command_id for _, e in pairs],
+        [e.command_id is not None and (p, e.version) in firsts for p, e in pairs],
+        [e.correlation_id for _, e in pairs],
+        [e.audience for _, e in pairs],
+        [e.data_digest for _, e in pairs],
+        [e.hash for _, e in pairs],
+    ]
+
+
+@contextlib.asynccontextmanager
+async def _command_ids_once() -> AsyncIterator[None]:
+    """A repeated command id aborts an append statement: say so as DuplicateCommand."""
+    try:
+        yield
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name == "events_command_once":
+            raise DuplicateCommand(str(exc)) from exc
+        raise
+
+
 class AppendRequest(msgspec.Struct, frozen=True):
     """One plan's batch for `Store.append_many` (the arguments of `Store.append`)."""
 
@@ -262,7 +293,7 @@ class Store:
         Raises DuplicateCommand when a command id was recorded before (nothing is written).
         """
         new_version = events[-1].version if events else base_version
-        firsts = {c.first_version for c in commands}
+        firsts = {(plan_id, c.first_version) for c in commands}
         args: list[Any] = [
             plan_id,
             base_version,
@@ -270,25 +301,11 @@ class Store:
             head_hash,
             state,
             recorded_at,
-            [e.version for e in events],
-            [e.type for e in events],
-            [e.schema_version for e in events],
-            [e.data for e in events],
-            [e.actor for e in events],
-            [e.command_id for e in events],
-            [e.command_id is not None and e.version in firsts for e in events],
-            [e.correlation_id for e in events],
-            [e.audience for e in events],
-            [e.data_digest for e in events],
-            [e.hash for e in events],
+            *_event_arrays([(plan_id, e) for e in events], firsts),
         ]
         sql = _APPEND_NEW if base_version == 0 else _APPEND_EXISTING
-        try:
+        async with _command_ids_once():
             row = await self.pool.fetchrow(sql, *args)
-        except asyncpg.UniqueViolationError as exc:
-            if exc.constraint_name == "events_command_once":
-                raise DuplicateCommand(str(exc)) from exc
-            raise
         assert row is not None
         if row["moved"] == 0:
             return Stale(row["current_version"] or 0)
@@ -301,8 +318,8 @@ class Store:
         asyncpg.DeadlockDetectedError when another writer locked the same plans in another
         order: nothing is written then, and the caller appends each plan on its own."""
         reqs = sorted(requests, key=lambda r: r.plan_id)
-        events = [(r, e) for r in reqs for e in r.events]
         firsts = {(r.plan_id, c.first_version) for r in reqs for c in r.commands}
+        pairs = [(r.plan_id, e) for r in reqs for e in r.events]
         args: list[Any] = [
             [r.plan_id for r in reqs],
             [r.base_version for r in reqs],
@@ -310,25 +327,11 @@ class Store:
             [r.head_hash for r in reqs],
             [r.state for r in reqs],
             [r.recorded_at for r in reqs],
-            [r.plan_id for r, _ in events],
-            [e.version for _, e in events],
-            [e.type for _, e in events],
-            [e.schema_version for _, e in events],
-            [e.data for _, e in events],
-            [e.actor for _, e in events],
-            [e.command_id for _, e in events],
-            [e.command_id is not None and (r.plan_id, e.version) in firsts for r, e in events],
-            [e.correlation_id for _, e in events],
-            [e.audience for _, e in events],
-            [e.data_digest for _, e in events],
-            [e.hash for _, e in events],
+            [plan_id for plan_id, _ in pairs],
+            *_event_arrays(pairs, firsts),
         ]
-        try:
+        async with _command_ids_once():
             rows = await self.pool.fetch(_APPEND_MANY, *args)
-        except asyncpg.UniqueViolationError as exc:
-            if exc.constraint_name == "events_command_once":
-                raise DuplicateCommand(str(exc)) from exc
-            raise
         by_plan = {r["plan_id"]: r for r in rows}
         results: list[Appended | Stale] = []
         for req in requests:
