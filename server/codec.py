@@ -125,3 +125,14 @@ def int_query(
     if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise Malformed(f"`{name}` must be a whole number from {low} to {high}", field=name)
     return int(raw)
+
+
+def check_org(org: str) -> str:
+    """A seller organisation's name, as plans carry it: 1 to MAX_TITLE printable characters."""
+    from domain.rules import MAX_TITLE
+
+    if not org.strip() or len(org) > MAX_TITLE or not org.isprintable():
+        raise Malformed(
+            f"`seller_org` is required: 1 to {MAX_TITLE} printable characters", field="seller_org"
+        )
+    return org

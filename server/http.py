@@ -52,6 +52,14 @@ def current_user(request: Request, *, limit: str = "read") -> str:
     return email
 
 
+async def org_access(request: Request, user: str, org: str, *, members: bool = True) -> bool:
+    """Whether `user` may see a seller organisation's portfolio: admins, and (with `members`)
+    the seller-side members of at least one of its plans (GET /analytics, webhooks)."""
+    if user in request.app.state.settings.admins:
+        return True
+    return members and bool(await request.app.state.store.is_seller_member(org, user))
+
+
 async def plan_for_member(
     request: Request, user: str, plans: PlanService | None = None
 ) -> tuple[Plan, Side]:

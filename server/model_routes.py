@@ -31,8 +31,8 @@ from domain.visibility import view_for
 from projections.analytics import Analytics, portfolio
 from projections.health import Health, health
 from server.apidoc import PLAN_ID, Doc
-from server.codec import NewPlan, check_plan_id, decode, json_response, read_body
-from server.http import current_user, plan_for_member, services
+from server.codec import NewPlan, check_org, check_plan_id, decode, json_response, read_body
+from server.http import current_user, org_access, plan_for_member, services
 from server.plans import new_id
 from server.store import Store
 from server.template_store import TemplateStore
@@ -108,15 +108,9 @@ async def get_analytics(request: Request) -> Response:
     """GET /analytics?seller_org=NAME: one seller organisation's figures, for admins and for
     seller-side members of at least one of its plans (others 403, known org or not)."""
     user = current_user(request)
-    org = request.query_params.get("seller_org", "")
-    if not org.strip() or len(org) > MAX_TITLE or not org.isprintable():
-        raise Malformed(
-            f"`seller_org` is required: 1 to {MAX_TITLE} printable characters", field="seller_org"
-        )
+    org = check_org(request.query_params.get("seller_org", ""))
     store: Store = request.app.state.store
-    if user not in request.app.state.settings.admins and not await store.is_seller_member(
-        org, user
-    ):
+    if not await org_access(request, user, org):
         raise Forbidden(
             "analytics are for admins and the seller-side members of the organisation's plans"
         )

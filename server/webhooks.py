@@ -65,7 +65,14 @@ from projections.diff import ITEM_FIELDS
 from projections.runner import LogEvent, ProjectionRunner, stopping
 from projections.states import Loader, PlanStates, recorded_of
 from server.apidoc import Doc
-from server.codec import check_plan_id, decode, int_query, json_response, read_body
+from server.codec import (
+    check_org,
+    check_plan_id,
+    decode,
+    int_query,
+    json_response,
+    read_body,
+)
 from server.settings import Settings
 from server.store import LogCursor, ProjectionTable, Store, release_advisory_lock
 
@@ -900,14 +907,6 @@ def _wake_worker(request: Request) -> None:
         worker.wake()
 
 
-def check_org(org: str) -> str:
-    if not org.strip() or len(org) > MAX_TITLE or not org.isprintable():
-        raise Malformed(
-            f"`seller_org` is required: 1 to {MAX_TITLE} printable characters", field="seller_org"
-        )
-    return org
-
-
 def check_url(url: str) -> str:
     ok = 0 < len(url) <= MAX_URL and url.isprintable() and not any(c.isspace() for c in url)
     if ok:
@@ -962,13 +961,10 @@ def check_events(events: Sequence[str]) -> list[str]:
 async def may_manage(request: Request, user: str, org: str) -> bool:
     """Admins, and (unless MAPSTREAM_WEBHOOK_ADMINS_ONLY) the seller-side members of at least
     one of the organisation's plans: the same rule as GET /analytics."""
+    from server.http import org_access
+
     settings: Settings = request.app.state.settings
-    if user in settings.admins:
-        return True
-    if settings.webhook_admins_only:
-        return False
-    store: Store = request.app.state.store
-    return await store.is_seller_member(org, user)
+    return await org_access(request, user, org, members=not settings.webhook_admins_only)
 
 
 async def _managed(request: Request, user: str) -> WebhookOut:
