@@ -32,7 +32,7 @@ from domain.model import ItemStatus, Plan, Side
 from domain.plans import CreatePlan
 from domain.rules import MAX_TITLE
 from domain.visibility import audience
-from projections.exports import CSV_COLUMNS
+from projections.exports import _FORMULA_STARTS, CSV_COLUMNS
 
 REQUIRED_COLUMNS = ("kind", "title")
 MAX_ID = 200
@@ -115,8 +115,12 @@ class _Row:
 
 
 def uncell(text: str) -> str:
-    """Undo the export's guard against spreadsheet formulas: one leading `'` is dropped."""
-    return text[1:] if text.startswith("'") else text
+    """Undo the export's guard against spreadsheet formulas (`projections.exports._cell`):
+    one leading `'` is dropped only where the export would have added it, before a formula
+    character or another `'`. A hand-written "'Tis the season" is kept as is."""
+    if text.startswith("'") and text[1:].startswith((*_FORMULA_STARTS, "'")):
+        return text[1:]
+    return text
 
 
 def _word(text: str) -> str:

@@ -21,9 +21,14 @@ invites agree even while the server keeps appending):
 
 Transaction ids mean nothing in another cluster: restored events get the restoring
 transaction's (so the global log's order becomes position order, which per plan is version
-order), and so do the xid8 log cursors of copied rows (a webhook subscription's start) and
-of follower checkpoints, each keeping its position. A follower may thus see again an event
-it had applied out of position order just before the backup: at least once, never lost.
+order), and so do the xid8 log cursors of copied rows (a delivery's) and of follower
+checkpoints, each keeping its position. A follower may thus see again an event it had
+applied out of position order just before the backup: at least once, never lost. For the
+same reason a webhook subscription's `created_snapshot` (a pg_snapshot of the old cluster,
+whose xids may be far above this one's: every new event would look already seen) becomes
+`X:X:`, X the restoring transaction: it owes the restored events the outbox had not applied
+yet (those it had are behind its checkpoint, and a delivery row already written is not
+written again) and every later transaction's.
 
 What is not: the derived tables (`plans` state, `audit_trail`, `snapshots`,
 `analytics_plans`, projection checkpoints), rebuilt from the events on restore, and
@@ -78,6 +83,10 @@ EPHEMERAL = frozenset({"presence"})
 # not derivable from the events: who was invited, saved skeletons, webhook subscriptions and
 # their delivery history (a delivered event is not delivered again)
 KNOWN_SOURCE = frozenset({"invites", "templates", "webhook_subscriptions", "webhook_deliveries"})
+
+# Text copies of pg_current_snapshot() (`xmin:xmax:xip,...`) of the old cluster; restored as
+# `X:X:`, X the restoring transaction (see the module docstring).
+_SNAPSHOT_COLUMNS = frozenset({("webhook_subscriptions", "created_snapshot")})
 
 # Checkpoints of the projections a restore rebuilds; any other checkpoint is a follower with
 # effects outside the database (webhooks) and is carried over (see `Header.followers`).
@@ -666,13 +675,17 @@ async def _insert_rows(conn: asyncpg.Connection, chunk: RowsRestore) -> None:
             f"{', '.join(sorted(missing))}; restore with a newer Mapstream"
         )
     names = [c for c in sorted(keys) if columns[c][0] != "ALWAYS"]
-    # a log cursor's transaction id is the restoring transaction's (see the module docstring)
-    values = ", ".join(
-        f"CASE WHEN {_ident(c)} = '0' THEN {_ident(c)} ELSE pg_current_xact_id() END"
-        if columns[c][1] == "xid8"
-        else _ident(c)
-        for c in names
-    )
+
+    def value(c: str) -> str:
+        # a log cursor's transaction id is the restoring transaction's, and so is a
+        # snapshot's horizon (see the module docstring)
+        if (chunk.table, c) in _SNAPSHOT_COLUMNS:
+            return "pg_current_xact_id()::text || ':' || pg_current_xact_id()::text || ':'"
+        if columns[c][1] == "xid8":
+            return f"CASE WHEN {_ident(c)} = '0' THEN {_ident(c)} ELSE pg_current_xact_id() END"
+        return _ident(c)
+
+    values = ", ".join(value(c) for c in names)
     table = _ident(chunk.table)
     await conn.execute(
         f"INSERT INTO {table} ({', '.join(_ident(c) for c in names)}) OVERRIDING SYSTEM VALUE"

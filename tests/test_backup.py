@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import io
 import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +19,27 @@ import asyncpg
 import httpx
 import msgspec
 import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
+from domain.comments import AddComment
 from domain.errors import Malformed
 from server.backup import CorruptBackup, TargetNotEmpty, backup, check, restore
 from server.database import apply_schema
 from server.plans import PlanService
 from server.store import Store
 from server.tools import verify_with_head
+from server.webhooks import Snapshot
 from tests.audit.support import cli_env, mapstream
 from tests.support import (
     admin_url,
     auth,
     create_database,
     drop_database,
+    free_port,
     running_app,
     settings_for,
     with_database,
@@ -475,3 +485,140 @@ async def test_a_backup_restores_into_the_other_postgresql_major_version(
             assert await fetch(url, sql) == await fetch(src, sql), sql
     finally:
         await drop_database(other, name)
+
+
+# -- webhook subscriptions in a new cluster ----------------------------------------------------
+
+
+@asynccontextmanager
+async def receiving(got: list[dict[str, Any]]) -> AsyncIterator[str]:
+    """A local webhook receiver that answers 200 and keeps every body. Yields its base URL."""
+
+    async def hook(request: Request) -> Response:
+        got.append(json.loads(await request.body()))
+        return Response(b"ok")
+
+    app = Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_config=None, lifespan="off")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}/hook"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+async def test_a_restored_webhook_subscription_gets_the_events_of_the_new_cluster(
+    tmp_path: Path,
+):
+    """The backup comes from a cluster whose transaction ids are far above this one's (its
+    subscription's created_snapshot is edited to say so): the restored subscription still
+    owes every event appended after the restore, and the one the outbox had not applied when
+    the backup was taken, and is not sent again what it had been sent."""
+    got: list[dict[str, Any]] = []
+
+    def comments() -> list[str]:
+        return [g["data"]["text"] for g in got]
+
+    async def until(text: str) -> None:
+        async with asyncio.timeout(15):
+            while text not in comments():
+                await asyncio.sleep(0.02)
+
+    def hooked(url: str) -> Any:
+        return settings_for(
+            url,
+            tmp_path,
+            webhook_allow_private=True,
+            webhook_admins_only=False,
+            webhook_poll=0.05,
+            webhook_backoff=0.05,
+            webhook_backoff_max=0.2,
+        )
+
+    admin, src_name, src = await fresh_database()
+    _, dst_name, dst = await fresh_database()
+    try:
+        async with receiving(got) as hook_url:
+            async with (
+                running_app(hooked(src)) as base,
+                httpx.AsyncClient(base_url=base, timeout=10) as http,
+            ):
+                plan_id = await new_plan(http, "Contoso evaluates Northwind")
+                async with asyncio.timeout(15):  # who manages the org's webhooks: analytics
+                    while (
+                        await http.get(
+                            "/webhooks", params={"seller_org": "Northwind"}, headers=auth(SELLER)
+                        )
+                    ).status_code != 200:
+                        await asyncio.sleep(0.02)
+                r = await http.post(
+                    "/webhooks",
+                    json={"seller_org": "Northwind", "url": hook_url, "events": ["CommentAdded"]},
+                    headers=auth(SELLER),
+                )
+                assert r.status_code == 201, r.text
+                await command(http, plan_id, "add_comment", item_id="plan", text="sent")
+                await until("sent")
+            # the server is down: the outbox has not applied this one when the backup is taken
+            pool = await asyncpg.create_pool(src, min_size=1, max_size=2)
+            assert pool is not None
+            try:
+                await PlanService(Store(pool)).handle(
+                    plan_id, AddComment(item_id="plan", text="pending"), SELLER
+                )
+            finally:
+                await pool.close()
+
+            path = tmp_path / "backup.jsonl.gz"
+            await backup(settings_for(src, tmp_path), path, out=io.StringIO())
+            lines = lines_of(path)
+            n = first(lines, "row", table="webhook_subscriptions")
+            future = "900000000:900000000:"  # the old cluster's xids: far above this one's
+            edited = tmp_path / "future.jsonl.gz"
+            edited.write_bytes(
+                gzip.compress(
+                    b"".join(
+                        with_checksum(
+                            edit(lines, n, lambda d: d["row"].update(created_snapshot=future))
+                        )
+                    )
+                )
+            )
+            await restore(settings_for(dst, tmp_path), edited, out=io.StringIO())
+
+            conn = await asyncpg.connect(dst)
+            try:
+                async with conn.transaction():
+                    restored = Snapshot.parse(
+                        await conn.fetchval("SELECT created_snapshot FROM webhook_subscriptions")
+                    )
+                    later = int(await conn.fetchval("SELECT pg_current_xact_id()::text"))
+                    restoring = int(
+                        await conn.fetchval(
+                            "SELECT transaction_id::text FROM events WHERE plan_id = $1 LIMIT 1",
+                            plan_id,
+                        )
+                    )
+            finally:
+                await conn.close()
+            assert not restored.saw(later)  # a transaction after the restore is owed
+            assert restored.saw(restoring - 1) and not restored.saw(restoring)
+
+            async with (
+                running_app(hooked(dst)) as base,
+                httpx.AsyncClient(base_url=base, timeout=10) as http,
+            ):
+                await until("pending")
+                await command(http, plan_id, "add_comment", item_id="plan", text="after")
+                await until("after")
+            assert sorted(comments()) == ["after", "pending", "sent"]  # each once
+    finally:
+        await drop_database(admin, src_name)
+        await drop_database(admin, dst_name)

@@ -29,8 +29,8 @@ from domain.base import Context
 from domain.decider import decide_all, recorded_onto
 from domain.model import ItemStatus, Plan
 from domain.plans import CreatePlan
-from projections.exports import CSV_COLUMNS, csv_table
-from projections.imports import ImportInvalid, Sheet, decide_import, parse
+from projections.exports import CSV_COLUMNS, _cell, csv_table
+from projections.imports import ImportInvalid, Sheet, decide_import, parse, uncell
 from server.cli import main
 from tests.support import auth, running_app, settings_for, token
 
@@ -272,6 +272,40 @@ def test_export_import_export_is_the_same_file(plan: Plan):
     exported = csv_table(plan)
     imported = build(exported.encode())
     assert csv_table(imported) == exported
+
+
+@pytest.mark.parametrize(
+    ("cell", "text"),
+    [
+        ("'Tis the season", "'Tis the season"),  # hand-written, not the export's guard
+        ("'=SUM(A1)", "=SUM(A1)"),
+        ("'+1", "+1"),
+        ("'-1", "-1"),
+        ("'@x", "@x"),
+        ("'\tx", "\tx"),
+        ("'\rx", "\rx"),
+        ("''x", "'x"),
+        ("'", "'"),
+        ("=SUM(A1)", "=SUM(A1)"),
+        ("plain", "plain"),
+    ],
+)
+def test_uncell_drops_only_the_apostrophe_the_export_adds(cell: str, text: str):
+    assert uncell(cell) == text
+
+
+@given(_text)
+def test_uncell_undoes_the_export_cell(text: str):
+    assert uncell(_cell(text)) == text
+
+
+def test_a_hand_written_leading_apostrophe_is_imported_as_is():
+    data = "kind,title\r\nmilestone,'Tis the season\r\nmilestone,'=Security review\r\n"
+    plan = build(data.encode())
+    assert sorted(m.title for m in plan.milestones.values()) == [
+        "'Tis the season",
+        "=Security review",
+    ]
 
 
 # -- the API ---------------------------------------------------------------------------------
