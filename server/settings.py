@@ -46,6 +46,7 @@ class Settings(msgspec.Struct, frozen=True):
     webhook_poll: float = 1.0  # how often the delivery worker looks for due deliveries
     webhook_admins_only: bool = True
     webhook_allow_private: bool = False
+    webhook_retention_days: float = 30.0
 
     @property
     def signing_secret(self) -> str:
@@ -111,6 +112,7 @@ def load_settings(**overrides: object) -> Settings:
         in ("1", "true", "yes"),
         "webhook_allow_private": env.get("MAPSTREAM_WEBHOOK_ALLOW_PRIVATE", "0").lower()
         in ("1", "true", "yes"),
+        "webhook_retention_days": float(env.get("MAPSTREAM_WEBHOOK_RETENTION_DAYS", "30")),
     }
     values.update(overrides)
     if "secrets" not in values:

@@ -589,6 +589,18 @@ class WebhookStore:
             at[1],
         )
 
+    async def prune(self, days: float) -> int:
+        """Forget deliveries accepted more than `days` ago (0: keep them all). Pending and
+        parked ones stay: they are still owed."""
+        if days <= 0:
+            return 0
+        status = await self.pool.execute(
+            "DELETE FROM webhook_deliveries WHERE status = 'delivered'"
+            " AND delivered_at < now() - make_interval(secs => $1)",
+            days * 86400.0,
+        )
+        return int(status.split()[-1])
+
     async def backlog(self) -> int:
         """Deliveries not yet accepted by their receiver (pending, waiting or retrying)."""
         n = await self.pool.fetchval(
@@ -778,12 +790,18 @@ class DeliveryWorker:
             self.leading = True
             try:
                 renew_at = time.monotonic() + 5.0
+                prune_at = time.monotonic()
                 while True:
                     self._wake.clear()
                     n = await self.step()
                     if time.monotonic() > renew_at:  # the lock lives as long as this session
                         await conn.fetchval("SELECT 1", timeout=5)
                         renew_at = time.monotonic() + 5.0
+                    if time.monotonic() > prune_at:
+                        pruned = await self.hooks.prune(self.settings.webhook_retention_days)
+                        if pruned:
+                            log.info("webhooks: pruned %s delivered deliveries", pruned)
+                        prune_at = time.monotonic() + 3600.0
                     if n < self.batch:
                         await self._sleep(self.settings.webhook_poll)
             finally:

@@ -622,6 +622,22 @@ async def test_the_outbox_writes_one_row_per_subscription_and_event_even_across_
             await runner.rebuild()  # the whole log again: the same rows, once
             assert await rows() == want
             assert await hooks.backlog() == len(want)  # all pending: mapstream_webhook_backlog
+            # retention: a delivery accepted long ago is forgotten, owed ones never are
+            gone = (everything.subscription_id, "p", added.version)
+            sub, plan, version = gone
+            await pool.execute(
+                "UPDATE webhook_deliveries SET status = 'delivered',"
+                " delivered_at = now() - interval '40 days'"
+                " WHERE subscription_id = $1 AND plan_id = $2 AND version = $3",
+                sub,
+                plan,
+                version,
+            )
+            assert await hooks.prune(0) == 0  # 0 keeps everything
+            assert await hooks.prune(30) == 1
+            want.remove(gone)
+            assert await rows() == want
+            assert await hooks.prune(30) == 0
             body = json.loads(
                 await pool.fetchval(
                     "SELECT body::text FROM webhook_deliveries"
