@@ -209,3 +209,29 @@ class ServerProcess:
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
+
+
+def cli_env(database_url: str | None, data_dir: Path) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "MAPSTREAM_SECRET": SECRET,
+        "MAPSTREAM_DATA_DIR": str(data_dir),
+        "MAPSTREAM_LOG_LEVEL": "warning",
+    }
+    env.pop("DATABASE_URL", None)
+    if database_url is not None:
+        env["DATABASE_URL"] = database_url
+    return env
+
+
+async def mapstream(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the `mapstream` console script in its own process."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "server.cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

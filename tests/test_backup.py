@@ -33,13 +33,14 @@ from server.plans import PlanService
 from server.store import Store
 from server.tools import verify_with_head
 from server.webhooks import Snapshot
-from tests.audit.support import cli_env, mapstream
 from tests.support import (
     admin_url,
     auth,
+    cli_env,
     create_database,
     drop_database,
     free_port,
+    mapstream,
     running_app,
     settings_for,
     with_database,

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
-import subprocess
-import sys
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -50,13 +47,13 @@ from server.webhooks import (
     verify_signature,
 )
 from tests.support import (
-    ROOT,
-    SECRET,
     admin_url,
     auth,
+    cli_env,
     create_database,
     drop_database,
     free_port,
+    mapstream,
     running_app,
     settings_for,
     with_database,
@@ -196,25 +193,6 @@ async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float 
         while not await check():
             await asyncio.sleep(0.02)
     assert await check(), what
-
-
-async def mapstream(database_url: str, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "MAPSTREAM_SECRET": SECRET,
-        "MAPSTREAM_DATA_DIR": str(tmp),
-        "MAPSTREAM_LOG_LEVEL": "warning",
-    }
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "server.cli", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 # -- end to end ------------------------------------------------------------------------------
@@ -451,7 +429,7 @@ async def test_a_receiver_that_fails_twice_gets_each_event_once_in_order_signed(
 
             # -- re-driven from the command line once the receiver is back
             receiver.down = False
-            done = await mapstream(db, tmp_path, "webhooks", "replay", down_id)
+            done = await mapstream(cli_env(db, tmp_path), "webhooks", "replay", down_id)
             assert done.returncode == 0, done.stderr
             assert f"{down_id}: 1 delivery queued again" in done.stdout
 
@@ -466,7 +444,7 @@ async def test_a_receiver_that_fails_twice_gets_each_event_once_in_order_signed(
             )
             assert json.loads(last_down.body)["changes"] == close["changes"]
 
-            done = await mapstream(db, tmp_path, "webhooks", "list", "--org", org)
+            done = await mapstream(cli_env(db, tmp_path), "webhooks", "list", "--org", org)
             assert done.returncode == 0, done.stderr
             lines = done.stdout.splitlines()
             assert any(
@@ -476,12 +454,12 @@ async def test_a_receiver_that_fails_twice_gets_each_event_once_in_order_signed(
             assert any(
                 line.startswith(down_id) and "delivered 1, parked 0" in line for line in lines
             ), lines
-            done = await mapstream(db, tmp_path, "webhooks", "deliveries", down_id)
+            done = await mapstream(cli_env(db, tmp_path), "webhooks", "deliveries", down_id)
             assert (
                 done.returncode == 0
                 and f"{a}:{close_date_v}  CompellingEventSet  delivered at" in done.stdout
             )
-            done = await mapstream(db, tmp_path, "webhooks", "replay", down_id)
+            done = await mapstream(cli_env(db, tmp_path), "webhooks", "replay", down_id)
             assert "nothing to replay" in done.stdout
 
             # -- one delivered event sent again over HTTP: same idempotency id, same bytes

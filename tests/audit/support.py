@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 from server.store import Store
-from tests.support import ROOT, SECRET, auth
+from tests.support import auth
 
 SELLER = "sam.seller@northwind.example"
 BUYER = "ramesh.iyer@contoso.example"
@@ -72,32 +68,6 @@ async def get(client: httpx.AsyncClient, path: str, who: str = SELLER, **params:
     r = await client.get(path, params=params, headers=auth(who))
     assert r.status_code == 200, r.text
     return r.json()
-
-
-def cli_env(database_url: str | None, data_dir: Path) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "MAPSTREAM_SECRET": SECRET,
-        "MAPSTREAM_DATA_DIR": str(data_dir),
-        "MAPSTREAM_LOG_LEVEL": "warning",
-    }
-    env.pop("DATABASE_URL", None)
-    if database_url is not None:
-        env["DATABASE_URL"] = database_url
-    return env
-
-
-async def mapstream(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """Run the `mapstream` console script in its own process."""
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "server.cli", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 async def settled(store: Store, plan_id: str, timeout: float = 10.0) -> None:

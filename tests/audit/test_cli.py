@@ -9,8 +9,8 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from tests.audit.support import BUYER, cli_env, command, get, mapstream, new_plan
-from tests.support import auth
+from tests.audit.support import BUYER, command, get, new_plan
+from tests.support import auth, cli_env, mapstream
 
 
 async def test_mapstream_audit_prints_one_line_per_event_as_a_side_sees_it(

@@ -12,7 +12,8 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from tests.audit.support import BUYER, cli_env, command, get, mapstream, new_plan
+from tests.audit.support import BUYER, command, get, new_plan
+from tests.support import cli_env, mapstream
 
 
 async def tamper(database_url: str, sql: str, *args: object) -> None:
