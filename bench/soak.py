@@ -16,22 +16,24 @@ one `mapstream serve` process and:
    server is not a bigger plan), while `--churn` sockets a second are dropped (half
    with a close frame, half by cutting the TCP connection, as a phone losing signal does)
    and reconnect at once, resuming with `since`. Every `--sample` seconds a progress line:
-   the server's RSS (/proc/PID/status VmRSS), open fds (/proc/PID/fd), threads, and, when
-   its /metrics exposes them, asyncio tasks and open sockets; the commands, deliveries,
-   reconnects and fan-out lag of the interval.
+   the server's RSS (/proc/PID/status VmRSS), open fds (/proc/PID/fd), threads, and, from
+   its /metrics, asyncio tasks (`mapstream_asyncio_tasks`) and open sockets; the commands,
+   deliveries, reconnects and fan-out lag of the interval.
 4. drain: every socket closed; after a few seconds the fds (and tasks) are sampled again and
    compared with the baseline of step 1.
 
 At the end it prints the least-squares slopes of RSS (KiB/min), fds and tasks (per minute)
-over the soak after `--warmup` seconds, the fan-out lag p50/p99 per minute of the soak (the
-client's receive time minus the event's `recorded_at`, taken before the append commits, so
-an upper bound of commit -> socket that includes this process's own loop), and the verdicts:
-flat memory (slope under 1% of the baseline RSS a minute), flat fds, no task leak, lag of
-the last minute within 2x the first minute's p99 (+ 20 ms), no gap or duplicate on any
-socket. RSS counts what the C allocator keeps as well as live objects, so it also prints
+over the soak after `--warmup` seconds, the RSS change of each whole minute (does the growth
+level off?), the fan-out lag p50/p99 per minute of the soak (the client's receive time minus
+the event's `recorded_at`, taken before the append commits, so an upper bound of commit ->
+socket that includes this process's own loop), and the verdicts: flat memory (slope under 1%
+of the baseline RSS a minute), flat fds, no task leak (slope, and the count once drained),
+lag of the last minute within 2x the first minute's p99 (+ 20 ms), no gap or duplicate on
+any socket. RSS counts what the C allocator keeps as well as live objects, so it also prints
 how many full garbage collections ran (from /metrics): none means cyclic garbage is still
 in the figure. It prints and never asserts; processes and the database are cleaned up even
-on failure, Ctrl-C or SIGTERM.
+on failure, Ctrl-C or SIGTERM. `--server-env NAME=VALUE` passes settings to the server, e.g.
+`MAPSTREAM_MALLOC_MMAP_THRESHOLD=0` to see the heap creep that server/memory.py prevents.
 """
 
 from __future__ import annotations
@@ -76,6 +78,9 @@ VIEWERS_PER_PLAN = 5
 # verdict thresholds (see the module docstring)
 MEMORY_SLOPE_SHARE = 0.01  # of the baseline RSS, per minute
 FD_SLOPE_MAX = 2.0  # fds per minute
+# tasks per minute: 5 per socket come and go with the churn; a leak of one per reconnect
+# would be 300/min at the default churn
+TASK_SLOPE_MAX = 5.0
 # fds other than client connections above the baseline once every socket is closed: the
 # PostgreSQL pool grows under load (up to MAPSTREAM_POOL_MAX, 20) and keeps idle connections
 FD_DRAIN_SLACK = 25
@@ -148,6 +153,8 @@ async def scrape(base: str) -> dict[str, float] | None:
 
 def task_metric(values: dict[str, float] | None) -> str | None:
     """The name of a gauge of the server's asyncio tasks in /metrics, if it has one."""
+    if "mapstream_asyncio_tasks" in (values or {}):
+        return "mapstream_asyncio_tasks"
     for name in sorted(values or {}):
         if "{" not in name and (name.endswith("_tasks") or "asyncio_task" in name):
             return name
@@ -342,7 +349,7 @@ async def run(args: argparse.Namespace) -> int:
     name = await create_database(admin)
     url = with_database(admin, name)
     tmp = Path(tempfile.mkdtemp(prefix="mapstream-soak-"))
-    server = ServerProcess(url, tmp, env={"MAPSTREAM_LOG_LEVEL": "warning"})
+    server = ServerProcess(url, tmp, env={"MAPSTREAM_LOG_LEVEL": "warning", **args.server_env})
     clients = Clients()
     socks: list[Sock] = []
     tasks: list[asyncio.Task[None]] = []
@@ -596,6 +603,7 @@ async def run(args: argparse.Namespace) -> int:
             f" reconnects)"
         )
         say(f"  RSS     {rss_slope:+,.0f} KiB/min (baseline {base.rss_kib:,} KiB)")
+        say(f"          by minute of the soak: {rss_by_minute(samples)}")
         say(f"  fds     {fd_slope:+,.2f} /min")
         say(f"  threads {thread_slope:+,.2f} /min")
         gcs = [s.full_gcs for s in (steady[0], samples[-1]) if s.full_gcs is not None]
@@ -647,11 +655,12 @@ async def run(args: argparse.Namespace) -> int:
             f" database pool): {fd_slope:+.2f}/min, {drained.client_fds} client connections,"
             f" {other_fds} other fds vs {base.fds - base.client_fds} {verdict(fds_ok)}"
         )
-        if drained.tasks is not None and base.tasks is not None:
-            tasks_ok = drained.tasks <= base.tasks + 10
+        if drained.tasks is not None and base.tasks is not None and task_slope is not None:
+            tasks_ok = drained.tasks <= base.tasks + 10 and task_slope <= TASK_SLOPE_MAX
             say(
-                f"  no task leak (tasks once the sockets are closed within 10 of the baseline):"
-                f" {drained.tasks:,.0f} vs {base.tasks:,.0f} {verdict(tasks_ok)}"
+                f"  no task leak (slope <= {TASK_SLOPE_MAX:g}/min; once the sockets are closed"
+                f" within 10 of the baseline): {task_slope:+.1f}/min, {drained.tasks:,.0f} vs"
+                f" {base.tasks:,.0f} {verdict(tasks_ok)}"
             )
         else:
             say("  no task leak: not measured (no asyncio task gauge in /metrics)")
@@ -685,6 +694,22 @@ async def run(args: argparse.Namespace) -> int:
         if not ok:
             print_log_tails(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def rss_by_minute(samples: list[Sample]) -> str:
+    """The RSS change over each whole minute of the soak (the first minute from the first
+    sample, once every socket is open), to see whether the growth levels off."""
+    deltas: list[str] = []
+    if not samples:
+        return "(no sample)"
+    start = samples[0].rss_kib
+    minute = 1
+    for s in samples:
+        if s.t >= 60 * minute - 0.5:
+            deltas.append(f"{s.rss_kib - start:+,} KiB")
+            start = s.rss_kib
+            minute += 1
+    return ", ".join(deltas) or "(under a minute)"
 
 
 def verdict(ok: bool) -> str:
@@ -729,7 +754,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=5.0,
         help="seconds after closing every socket before the drain sample (default 5)",
     )
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for the server process (repeatable), e.g."
+        " MAPSTREAM_MALLOC_MMAP_THRESHOLD=0 for glibc's default allocator settings",
+    )
     args = parser.parse_args(argv)
+    server_env: dict[str, str] = {}
+    for item in args.server_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            parser.error(f"--server-env takes NAME=VALUE, not {item!r}")
+        server_env[name] = value
+    args.server_env = server_env
     for name in ("sockets", "plans"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be positive")

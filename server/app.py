@@ -18,7 +18,7 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
 from domain.errors import MapstreamError
-from server import observability, webhooks
+from server import memory, observability, webhooks
 from server.codec import json_response
 from server.database import apply_schema, resolve_database_url, wait_for_database
 from server.errors import RateLimited, database_down, error_body, status_of
@@ -134,6 +134,7 @@ def create_app(settings: Settings, *, demo: bool = False, announce: str | None =
             tasks.append(asyncio.create_task(runner.run(), name=f"projection:{name}"))
         tasks.extend(webhooks.start(app))
         tasks.append(asyncio.create_task(reads.run(), name="replica-monitor"))
+        memory.start()  # keep the RSS flat under connection churn (server/memory.py)
         await follower.started.wait()
         if demo:
             await _seed_demo(app, settings, announce)

@@ -20,7 +20,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -108,6 +108,12 @@ class Metrics:
         )
         self.webhook_backlog = Gauge(
             "mapstream_webhook_backlog", "Webhook deliveries waiting to be sent", registry=r
+        )
+        self.asyncio_tasks = Gauge(
+            "mapstream_asyncio_tasks",
+            "Unfinished asyncio tasks of the server's event loop (the scrape's own included):"
+            " a count that creeps under steady load is a task leak",
+            registry=r,
         )
         for outcome in ("ok", "conflict", "rejected", "error"):
             self.command_seconds.labels(outcome)  # every series exists from the start
@@ -232,10 +238,11 @@ async def projection_lag(runner: Any, limit: int) -> Lag:
     """How far `runner`'s read model is behind the log, from its committed checkpoint (so
     every instance reports the same, whichever one runs the projection)."""
     checkpoint = await runner.model.checkpoint()
-    behind: Sequence[Any] = await runner.log.read_log(checkpoint, limit)
-    if not behind:
+    # counted in the database: a scrape never fetches the events themselves
+    count, oldest = await runner.log.log_backlog(checkpoint, limit)
+    if not count or oldest is None:
         return Lag(0, 0.0)
-    return Lag(len(behind), max(0.0, time.time() - behind[0].recorded_at.timestamp()))
+    return Lag(count, max(0.0, time.time() - oldest.timestamp()))
 
 
 async def _within(seconds: float, awaitable: Awaitable[T]) -> T:
@@ -249,6 +256,7 @@ async def refresh(app: Any) -> None:
     metrics = obs.metrics
     state = app.state
     metrics.sockets.set(len(getattr(state, "connections", ())))
+    metrics.asyncio_tasks.set(len(asyncio.all_tasks()))
     for name, runner in getattr(state, "projections", {}).items():
         try:
             lag = await _within(PROBE_TIMEOUT, projection_lag(runner, LAG_EVENTS_CAP))
@@ -339,7 +347,9 @@ def _route_of(scope: Scope) -> str:
     path: str = scope.get("path", "")
     params = scope.get("path_params") or {}
     if not params:
-        return path
+        # a route without parameters is its path; an unmatched path (404, a redirect) may
+        # carry anything, an invite code included: only its first segment is logged
+        return path if scope.get("endpoint") is not None else "/" + path.split("/")[1] + "/…"
     values = {str(v): k for k, v in params.items()}
     return "/".join(f"{{{values[p]}}}" if p in values else p for p in path.split("/"))
 

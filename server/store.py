@@ -417,6 +417,22 @@ class Store:
         )
         return [_event(r) for r in rows]
 
+    async def log_backlog(self, after: LogCursor, limit: int) -> tuple[int, datetime | None]:
+        """How many events a log reader at `after` has yet to read (at most `limit`), and
+        when the oldest of them was recorded: projection lag, without reading the events."""
+        row = await self.pool.fetchrow(
+            "SELECT count(*) AS n, min(recorded_at) AS oldest FROM ("
+            " SELECT recorded_at FROM events"
+            " WHERE (transaction_id, position) > ($1::text::xid8, $2::bigint)"
+            "   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())"
+            " ORDER BY events.transaction_id, events.position LIMIT $3) AS behind",
+            str(after[0]),
+            after[1],
+            limit,
+        )
+        assert row is not None
+        return int(row["n"]), row["oldest"]
+
     async def log_head(self) -> LogCursor:
         """The cursor of the last event a log reader can see now."""
         row = await self.pool.fetchrow(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -198,6 +199,27 @@ async def test_sockets_gauge_follows_open_sockets(database_url: str, tmp_path: P
                 await eventually(sockets, lambda n: n == 2)
             await eventually(sockets, lambda n: n == 1)
         await eventually(sockets, lambda n: n == 0)
+
+
+async def test_asyncio_tasks_gauge_rises_with_open_sockets_and_falls_back_when_closed(
+    database_url: str, tmp_path: Path
+):
+    async with serving(settings_for(database_url, tmp_path)) as (_app, http):
+
+        async def tasks() -> float:
+            return value(await scrape(http), "mapstream_asyncio_tasks")
+
+        before = await tasks()
+        assert before >= 1  # at least the scrape itself and the app's background tasks
+        url = str(http.base_url).replace("http://", "ws://").rstrip("/") + "/ws"
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(3):
+                ws = await stack.enter_async_context(connect(url))
+                await ws.send(json.dumps({"op": "auth", "token": token(SELLER)}))
+                assert json.loads(await ws.recv())["op"] == "ready"
+            # an authenticated socket runs its handler, a sender, a reader and a token watch
+            await eventually(tasks, lambda n: n >= before + 3 * 4)
+        await eventually(tasks, lambda n: n <= before)
 
 
 async def test_webhook_backlog_comes_from_the_registered_source(database_url: str, tmp_path: Path):
@@ -427,8 +449,13 @@ async def test_invite_codes_stay_out_of_the_access_log(
             f"/invites/{code}/accept", json={"name": "Bea", "email": "bea@buyer.example"}
         )
         assert accepted.status_code == 200, accepted.text
+        # paths no route matches (a trailing slash, a typo) are cut to their first segment
+        stray = await http.post(f"/invites/{code}/accept/", json={})
+        assert stray.status_code in (307, 404, 405)
+        assert (await http.get(f"/invite/{code}")).status_code == 404
         lines = json_log()
         assert any(line.get("path") == "/invites/{code}/accept" for line in lines)
+        assert any(line.get("path") == "/invites/…" for line in lines)
         assert code not in json.dumps(lines)
 
 
