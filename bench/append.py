@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -36,12 +35,13 @@ from datetime import UTC, datetime
 import asyncpg
 import msgspec
 
+from bench.common import admin_url, code_version
 from domain.comments import AddComment, CommentAdded
 from domain.plans import CreatePlan
-from server.database import apply_schema, embedded_server
+from server.database import apply_schema
 from server.plans import PlanService
 from server.store import Store
-from tests.support import ROOT, create_database, drop_database, with_database
+from tests.support import create_database, drop_database, with_database
 
 OWNER = "owner@seller.example"
 # A realistic comment: a few sentences, no mentions (about 300 bytes of event JSON).
@@ -64,14 +64,6 @@ INSERT INTO bench_raw_events (plan_id, version, type, schema_version, data, acto
 VALUES ($1, $2, $3, $4, $5::json, $6, $7, $8, $9, $10, $11, $12)
 """
 _FAKE_SHA = "ab" * 32  # 64 hex characters, like data_digest and hash
-
-
-def admin_url() -> str:
-    """DATABASE_URL, or an embedded server of the bench's own (not the tests' one)."""
-    url = os.environ.get("DATABASE_URL")
-    if url:
-        return url
-    return str(embedded_server(str(ROOT / ".data" / "bench")).get_uri())
 
 
 @dataclass
@@ -201,30 +193,6 @@ async def server_info(pool: asyncpg.Pool) -> str:
     )
     assert row is not None
     return f"PostgreSQL {row['version']} (synchronous_commit={row['sync']}, fsync={row['fsync']})"
-
-
-def code_version() -> str:
-    """The commit measured, and whether the code under test had uncommitted changes."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "server", "domain", "schema.sql"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{head} + uncommitted changes" if dirty else head
 
 
 def print_table(results: list[Result]) -> None:

@@ -51,7 +51,6 @@ import random
 import resource
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -65,6 +64,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from bench.common import admin_url, code_version, run_until_signal, say, verdict
 from tests.support import ROOT, ServerProcess, create_database, drop_database, token, with_database
 
 OWNER = "owner@seller.example"
@@ -710,47 +710,6 @@ class CpuMeter:
 # -- running it -------------------------------------------------------------------------------
 
 
-def admin_url() -> str:
-    """DATABASE_URL, or the bench's embedded server (.data/bench, shared with bench.append)."""
-    url = os.environ.get("DATABASE_URL")
-    if url:
-        return url
-    from server.database import embedded_server
-
-    return str(embedded_server(str(ROOT / ".data" / "bench")).get_uri())
-
-
-def code_version() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "server", "domain", "schema.sql"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{head} + uncommitted changes" if dirty else head
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
 async def run(args: argparse.Namespace) -> int:
     fd_limit = raise_fd_limit()
     where = "DATABASE_URL" if os.environ.get("DATABASE_URL") else "embedded PostgreSQL"
@@ -1223,35 +1182,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def run_until_signal(args: argparse.Namespace) -> int:
-    """`run`, cancelled by SIGINT or SIGTERM so that its clean-up (processes, database) runs."""
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    received: list[int] = []
-
-    def stop(sig: int) -> None:
-        received.append(sig)
-        task.cancel()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop, sig)
-    try:
-        return await run(args)
-    except asyncio.CancelledError:
-        if not received:
-            raise
-        print(f"stopped by signal {received[0]}; servers, clients and database cleaned up")
-        return 130
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         if args.worker:
             asyncio.run(worker_main())
             return
-        sys.exit(asyncio.run(run_until_signal(args)))
+        sys.exit(asyncio.run(run_until_signal(run, args, "servers, clients and database")))
     except KeyboardInterrupt:
         sys.exit(130)
 

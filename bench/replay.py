@@ -38,7 +38,8 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from bench.append import admin_url, code_version, server_info
+from bench.append import server_info
+from bench.common import admin_url, code_version
 from domain import action_items as ai
 from domain import comments as co
 from domain import members as mem
@@ -305,8 +306,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--repeat", type=int, default=7, help="timed runs per case (median)")
     args = parser.parse_args(argv)
-    if args.events < 300:
-        parser.error("--events must be at least 300")
+    if args.events < 1100:
+        parser.error("--events must be at least 1100 (one case reads version 1,099)")
     return args
 
 

@@ -46,7 +46,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -62,10 +61,9 @@ import asyncpg
 import httpx
 import msgspec
 
+from bench.common import admin_url, code_version, run_until_signal, say, verdict
 from bench.fanout import (
     Http,
-    admin_url,
-    code_version,
     percentile,
     print_log_tails,
     raise_fd_limit,
@@ -87,10 +85,6 @@ FD_DRAIN_SLACK = 25
 LAG_GROWTH_MAX = 2.0  # last minute's p99 vs the first minute's
 LAG_SLACK_MS = 20.0
 FULL_GCS = 'python_gc_collections_total{generation="2"}'
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
 
 
 # -- the server as seen from outside ----------------------------------------------------------
@@ -712,10 +706,6 @@ def rss_by_minute(samples: list[Sample]) -> str:
     return ", ".join(deltas) or "(under a minute)"
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.soak",
@@ -780,32 +770,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def run_until_signal(args: argparse.Namespace) -> int:
-    """`run`, cancelled by SIGINT or SIGTERM so that its clean-up (server, database) runs."""
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    received: list[int] = []
-
-    def stop(sig: int) -> None:
-        received.append(sig)
-        task.cancel()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop, sig)
-    try:
-        return await run(args)
-    except asyncio.CancelledError:
-        if not received:
-            raise
-        print(f"stopped by signal {received[0]}; server and database cleaned up")
-        return 130
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        sys.exit(asyncio.run(run_until_signal(args)))
+        sys.exit(asyncio.run(run_until_signal(run, args, "server and database")))
     except KeyboardInterrupt:
         sys.exit(130)
 
