@@ -68,19 +68,21 @@ async def drop_database(admin: str, name: str) -> None:
 
 
 @asynccontextmanager
-async def fresh_database() -> AsyncIterator[str]:
-    """A new database with the schema applied, dropped on exit. Yields its URL."""
+async def fresh_database(*, schema: bool = True) -> AsyncIterator[str]:
+    """A new database, with the schema applied unless `schema` is False (a server applies it
+    at start-up), dropped on exit. Yields its URL."""
     from server.database import apply_schema
 
     admin = await asyncio.to_thread(admin_url)
     name = await create_database(admin)
     url = with_database(admin, name)
     try:
-        conn = await asyncpg.connect(url)
-        try:
-            await apply_schema(conn)
-        finally:
-            await conn.close()
+        if schema:
+            conn = await asyncpg.connect(url)
+            try:
+                await apply_schema(conn)
+            finally:
+                await conn.close()
         yield url
     finally:
         await drop_database(admin, name)

@@ -47,16 +47,13 @@ from server.webhooks import (
     verify_signature,
 )
 from tests.support import (
-    admin_url,
     auth,
     cli_env,
-    create_database,
-    drop_database,
     free_port,
+    fresh_database,
     mapstream,
     running_app,
     settings_for,
-    with_database,
 )
 
 SELLER = "sam@northwind.example"
@@ -178,16 +175,6 @@ async def serving(receiver: Receiver) -> AsyncIterator[str]:
         await asyncio.wait_for(task, 10)
 
 
-@asynccontextmanager
-async def own_database() -> AsyncIterator[str]:
-    admin = await asyncio.to_thread(admin_url)
-    name = await create_database(admin)
-    try:
-        yield with_database(admin, name)
-    finally:
-        await drop_database(admin, name)
-
-
 async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 15.0) -> None:
     async with asyncio.timeout(timeout):
         while not await check():
@@ -201,7 +188,7 @@ async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float 
 async def test_a_receiver_that_fails_twice_gets_each_event_once_in_order_signed(tmp_path: Path):
     org = f"Northwind {uuid.uuid4().hex[:6]}"
     receiver = Receiver()
-    async with own_database() as db, serving(receiver) as hooks_url:
+    async with fresh_database(schema=False) as db, serving(receiver) as hooks_url:
         settings = settings_for(
             db,
             tmp_path,
@@ -521,7 +508,7 @@ async def test_a_receiver_that_fails_twice_gets_each_event_once_in_order_signed(
 
 
 async def test_the_outbox_writes_one_row_per_subscription_and_event_even_across_a_crash():
-    async with own_database() as db:
+    async with fresh_database(schema=False) as db:
         pool = await asyncpg.create_pool(db, min_size=1, max_size=4)
         assert pool is not None
         try:
