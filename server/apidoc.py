@@ -5,11 +5,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from domain.rules import MAX_TITLE
+
 PLAN_ID: dict[str, Any] = {
     "name": "plan_id",
     "in": "path",
     "required": True,
     "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+}
+
+# a seller organisation, as server.codec.check_org accepts it
+SELLER_ORG: dict[str, Any] = {
+    "name": "seller_org",
+    "in": "query",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_TITLE},
 }
 
 # every authenticated route can answer these

@@ -30,7 +30,7 @@ from domain.templates import Skeleton, Template, check, from_plan, instantiate, 
 from domain.visibility import view_for
 from projections.analytics import Analytics, portfolio
 from projections.health import Health, health
-from server.apidoc import PLAN_ID, Doc
+from server.apidoc import PLAN_ID, SELLER_ORG, Doc
 from server.codec import NewPlan, check_org, check_plan_id, decode, json_response, read_body
 from server.http import current_user, org_access, plan_for_member, services
 from server.plans import new_id
@@ -397,14 +397,7 @@ def openapi(ref_template: str) -> tuple[dict[str, Any], dict[str, Any]]:
         "/analytics": {
             "get": {
                 "summary": "Portfolio analytics of a seller organisation (admins, its sellers)",
-                "parameters": [
-                    {
-                        "name": "seller_org",
-                        "in": "query",
-                        "required": True,
-                        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_TITLE},
-                    }
-                ],
+                "parameters": [SELLER_ORG],
                 "responses": {
                     "200": {"description": "the figures", "content": body("Analytics")},
                     **errors("403 forbidden"),

@@ -64,7 +64,7 @@ from domain.visibility import view_for
 from projections.diff import ITEM_FIELDS
 from projections.runner import LogEvent, ProjectionRunner, stopping
 from projections.states import Loader, PlanStates, recorded_of
-from server.apidoc import Doc
+from server.apidoc import SELLER_ORG, Doc
 from server.codec import (
     check_org,
     check_plan_id,
@@ -1151,14 +1151,7 @@ def openapi(ref: str) -> tuple[dict[str, Any], dict[str, Any]]:
             },
             "get": {
                 "summary": "A seller organisation's webhook subscriptions",
-                "parameters": [
-                    {
-                        "name": "seller_org",
-                        "in": "query",
-                        "required": True,
-                        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_TITLE},
-                    }
-                ],
+                "parameters": [SELLER_ORG],
                 "responses": {
                     "200": {"description": "subscriptions", "content": body("WebhookList")},
                     **errors("403 forbidden"),
