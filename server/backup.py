@@ -794,13 +794,6 @@ def register(sub: Any) -> None:
     )
     b.add_argument("file", help="the backup file to write, e.g. mapstream-2026-06-03.jsonl.gz")
     b.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
-    b.add_argument(
-        "--progress-every",
-        type=int,
-        default=PROGRESS_EVERY,
-        metavar="N",
-        help=f"print a progress line every N events (default {PROGRESS_EVERY:,})",
-    )
     b.set_defaults(run=_run_backup)
 
     r = sub.add_parser(
@@ -813,11 +806,12 @@ def register(sub: Any) -> None:
     )
     r.add_argument("file", help="a file written by `mapstream backup`")
     r.add_argument("--check", action="store_true", help="only verify the file (no database needed)")
-    r.add_argument(
-        "--progress-every",
-        type=int,
-        default=PROGRESS_EVERY,
-        metavar="N",
-        help=f"print a progress line every N events (default {PROGRESS_EVERY:,})",
-    )
     r.set_defaults(run=_run_restore)
+    for parser in (b, r):
+        parser.add_argument(
+            "--progress-every",
+            type=int,
+            default=PROGRESS_EVERY,
+            metavar="N",
+            help=f"print a progress line every N events (default {PROGRESS_EVERY:,})",
+        )
