@@ -311,11 +311,7 @@ class PlanService:
         expected_version: int | None = None,
     ) -> CommandAnswer:
         """Decide and append one command. Raises MapstreamError (domain, conflict, unavailable)."""
-        if self.cut_off():
-            raise Unavailable(
-                "this instance cannot reach the database right now: retry with the same "
-                "command_id (another instance may answer)"
-            )
+        self._check_reachable()
         if type(command).__struct_config__.tag in CREATES_ITEM and not getattr(command, "id", ""):
             command = msgspec.structs.replace(command, id=new_id())  # type: ignore[type-var]
         loop = asyncio.get_running_loop()
@@ -340,6 +336,14 @@ class PlanService:
             correlation_id=correlation_id,
             actor=actor,
         )
+
+    def _check_reachable(self) -> None:
+        """Refuse a write at once while this instance is cut off from its database."""
+        if self.cut_off():
+            raise Unavailable(
+                "this instance cannot reach the database right now: retry with the same "
+                "command_id (another instance may answer)"
+            )
 
     async def _flush_loop(self, plan_id: str, writer: _Writer) -> None:
         try:
@@ -543,11 +547,7 @@ class PlanService:
         `plan` is the fold of `events`, each given with the only side that may see it. All or
         nothing: returns the new version, the version recorded for `command_id` when this is
         a retry, or None when a plan with this id exists already (nothing written)."""
-        if self.cut_off():
-            raise Unavailable(
-                "this instance cannot reach the database right now: retry with the same "
-                "command_id (another instance may answer)"
-            )
+        self._check_reachable()
         head = chain.GENESIS
         new_events: list[NewEvent] = []
         for version, (event, side) in enumerate(events, 1):
