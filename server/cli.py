@@ -16,6 +16,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from server.app import create_app
     from server.logs import configure
+    from server.wsproto import uvicorn_ws_options
 
     settings = load_settings()
     configure(settings.log_level)
@@ -33,10 +34,9 @@ def _serve(args: argparse.Namespace) -> int:
         host=host,
         port=port,
         log_config=None,
-        ws="websockets-sansio",
         # per-message deflate costs ~49 KiB of zlib state per socket and ~25% of the CPU per
         # delivered event (bench/fanout.py); off unless MAPSTREAM_WS_DEFLATE=1
-        ws_per_message_deflate=settings.ws_deflate,
+        **uvicorn_ws_options(settings.ws_deflate),
         timeout_graceful_shutdown=5,
     )
     return 0

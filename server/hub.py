@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -22,6 +22,9 @@ from domain.model import Side
 from server.closecodes import CloseCode
 from server.plans import event_out
 from server.store import StoredEvent
+
+if TYPE_CHECKING:
+    from server.wsproto import DirectFrames
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +42,30 @@ def event_frame(e: StoredEvent, side: Side | None) -> bytes:
 
 
 class Outbox:
-    """One socket's bounded send queue. `close` asks the pump to close with a code."""
+    """One socket's bounded send queue. `close` asks the pump to close with a code.
 
-    def __init__(self, limit: int) -> None:
+    With `direct` (server/wsproto.py), a frame goes straight to the socket when nothing is
+    queued or being written before it and the transport takes it now; otherwise it waits in
+    the queue for the socket's sender task, in order.
+    """
+
+    def __init__(self, limit: int, direct: DirectFrames | None = None) -> None:
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=limit)
         self.close_code: CloseCode | None = None
         self.close_reason = ""
         self.closing = asyncio.Event()
+        self.direct = direct
+        self.writing = False  # the sender holds a frame taken from the queue
 
     def send(self, frame: bytes) -> bool:
         if self.close_code is not None:
             return False
+        direct = self.direct
+        if direct is not None and not self.writing and self.queue.empty():
+            if direct.write(frame):
+                return True
+            if direct.gone:
+                return False  # the socket is closing: its client resumes from what it got
         try:
             self.queue.put_nowait(frame)
             return True

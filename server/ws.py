@@ -22,6 +22,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from domain.errors import Forbidden, Malformed, MapstreamError, NotFound
 from domain.rules import item_audience
 from domain.visibility import view_for
+from server import wsproto
 from server.closecodes import CloseCode
 from server.codec import check_correlation_id, check_plan_id, decode_command_data
 from server.hub import Hub, Subscription, event_frame
@@ -73,7 +74,8 @@ class Connection:
         self.settings = settings
         self.registry = registry
         self.limiter = limiter
-        self.outbox = Outbox(settings.queue_limit)
+        direct = websocket.scope.get("extensions", {}).get(wsproto.EXTENSION)
+        self.outbox = Outbox(settings.queue_limit, direct)
         self.socket_id = uuid.uuid4().hex
         self.identity: Identity | None = None
         self.subs: dict[str, Subscription] = {}
@@ -143,10 +145,22 @@ class Connection:
         return True
 
     async def _send_loop(self) -> None:
-        queue = self.outbox.queue
+        outbox = self.outbox
+        queue = outbox.queue
+        direct = outbox.direct
         while True:
             frame = await queue.get()
-            await self.ws.send_text(frame.decode())
+            if direct is None:
+                await self.ws.send_text(frame.decode())
+            else:
+                outbox.writing = True
+                try:
+                    while not direct.write(frame):
+                        if direct.gone:
+                            return  # the reader sees the disconnect; the client resumes
+                        await direct.wait_writable()
+                finally:
+                    outbox.writing = False
             del frame  # an idle socket keeps no reference to its last frame
             queue.task_done()
 

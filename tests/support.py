@@ -16,10 +16,12 @@ from typing import Any
 import asyncpg
 import httpx
 import uvicorn
+from starlette.applications import Starlette
 
 from server.app import create_app
 from server.settings import Settings, load_settings
 from server.tokens import issue
+from server.wsproto import uvicorn_ws_options
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-for-mapstream-only-0123456789"
@@ -109,20 +111,20 @@ def settings_for(database_url: str, tmp: Path, **overrides: Any) -> Settings:
 
 
 @asynccontextmanager
-async def running_app(settings: Settings) -> AsyncIterator[str]:
-    """The app under a real uvicorn on a free port, in this process. Yields its base URL."""
+async def serving(settings: Settings) -> AsyncIterator[tuple[Starlette, str]]:
+    """The app under a real uvicorn on a free port, in this process: (app, base URL)."""
     # bind here and hand the socket over: no window in which another process takes the port
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = int(sock.getsockname()[1])
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host="127.0.0.1",
         port=port,
         log_config=None,
-        ws="websockets-sansio",
-        ws_per_message_deflate=settings.ws_deflate,
+        **uvicorn_ws_options(settings.ws_deflate),
         lifespan="on",
     )
     server = uvicorn.Server(config)
@@ -133,13 +135,20 @@ async def running_app(settings: Settings) -> AsyncIterator[str]:
             raise RuntimeError("server did not start")
         await asyncio.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield app, f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         try:
             await asyncio.wait_for(task, 15)
         finally:
             sock.close()
+
+
+@asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[str]:
+    """The app under a real uvicorn on a free port, in this process. Yields its base URL."""
+    async with serving(settings) as (_, base):
+        yield base
 
 
 class ServerProcess:

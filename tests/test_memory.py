@@ -21,6 +21,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.asyncio.client import connect
 
 from server import memory
+from server.wsproto import uvicorn_ws_options
 from tests.support import free_port
 
 
@@ -100,8 +101,8 @@ async def test_a_cut_websocket_leaves_no_cycle_behind(abrupt: bool):
             host="127.0.0.1",
             port=port,
             log_config=None,
-            ws="websockets-sansio",
             lifespan="off",
+            **uvicorn_ws_options(deflate=False),
         )
     )
     task = asyncio.create_task(server.serve())

@@ -17,23 +17,21 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from websockets.asyncio.client import connect
 
 from server import logs, observability
-from server.app import create_app
 from server.database import apply_schema
 from server.settings import Settings
 from server.store import Store
+from tests import support
 from tests.support import (
     ServerProcess,
     admin_url,
     auth,
     create_database,
     drop_database,
-    free_port,
     settings_for,
     token,
     with_database,
@@ -46,23 +44,11 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 @asynccontextmanager
 async def serving(settings: Settings) -> AsyncIterator[tuple[Starlette, httpx.AsyncClient]]:
     """Like tests.support.running_app, but hands out the app too (to reach app.state)."""
-    app = create_app(settings)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, ws="websockets-sansio")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("server did not start")
-        await asyncio.sleep(0.02)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-            yield app, http
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 15)
+    async with (
+        support.serving(settings) as (app, base),
+        httpx.AsyncClient(base_url=base, timeout=10) as http,
+    ):
+        yield app, http
 
 
 @asynccontextmanager
