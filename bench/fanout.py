@@ -22,6 +22,10 @@ TWO `mapstream serve` processes and runs five phases:
 4. appends with subscribers: the same closed loop as 2, on the subscribed plans, so every
    append is fanned out to the sockets while it runs (`--closed-on other`: on plans nobody
    subscribes to, the cost of connected sockets alone). Ratio with/without.
+   Phases 2-4 run `--rounds` times, interleaved (default 3): before each later round every
+   socket is closed, and after the round's baseline each connects again and resumes with
+   `since`. The ratio is the mean rate with over the mean rate without, so a drift of the
+   machine or the database during the run weighs on both sides; each round's ratio is shown.
 5. fan-out: open-loop writers append at `--rate` events/s for `--seconds`, via HTTP to both
    servers in turn, round-robin over the plans. Each delivery's latency is the client's
    receive time minus the event's `recorded_at` (one clock: same machine). `recorded_at` is
@@ -297,6 +301,18 @@ async def worker_main() -> None:
                         "errors": dict(st.errors.most_common(5)),
                     }
                 )
+            elif cmd["cmd"] == "disconnect":
+                # close every socket (a normal close); each keeps the last version it got
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                for s in socks:
+                    s.is_live = False
+                st.live = 0
+                _emit({"type": "disconnected", "id": cmd["id"]})
+            elif cmd["cmd"] == "connect":
+                # connect again and resume with `since` = the last version each socket got
+                tasks = [asyncio.create_task(s.run(gate, cfg["compression"])) for s in socks]
             elif cmd["cmd"] == "stop":
                 break
     finally:
@@ -794,26 +810,7 @@ async def run(args: argparse.Namespace) -> int:
 
             return progress
 
-        # 2. appends without subscribers ----------------------------------------------------
-        say(
-            f"[2/5] appends without subscribers: {args.writers} closed-loop writers,"
-            f" {args.append_seconds:g} s, HTTP to server A, on {len(base_plans)} plans"
-        )
-        meter = CpuMeter(
-            {"server A": pids[:1], "server B": pids[1:], "bench": [os.getpid()]}, postmaster
-        )
-        meter.start()
-        rate_without, w_without = await bench.closed_loop(
-            ports[0], base_plans, progress_printer("no sockets", False)
-        )
-        lat = sorted(w_without.latencies)
-        say(
-            f"      {rate_without:,.0f} appends/s (p50 {percentile(lat, 50) * 1000:.1f} ms,"
-            f" p99 {percentile(lat, 99) * 1000:.1f} ms per request)"
-        )
-        say(f"      {meter.stop()}")
-
-        # 3. connect the sockets ----------------------------------------------------------
+        # 3. (prepared once) which sockets go where ---------------------------------------
         sockets: list[list[tuple[str, str, str]]] = [[] for _ in range(args.clients)]
         split: list[Counter[str]] = [Counter() for _ in range(args.clients)]
         per_server = Counter[int]()
@@ -822,98 +819,164 @@ async def run(args: argparse.Namespace) -> int:
         for i in range(args.sockets):
             plan_id = fan_plans[i % args.plans]
             viewer = viewers[i // args.plans]
-            server = (i // args.plans) % 2  # a plan's viewers alternate between servers
+            # a plan's viewers alternate between the servers, starting with A for one plan and
+            # B for the next, so an odd number per plan still splits the sockets evenly
+            server = (i // args.plans + i % args.plans) % 2
             sockets[i % args.clients].append((servers[server].ws_url, tokens[viewer], plan_id))
             split[i % args.clients][labels[server]] += 1
             per_server[server] += 1
             subscribers[plan_id] += 1
-        await asyncio.sleep(1.0)
-        rss_before = [rss_kib(p) for p in pids]
-        say(
-            f"[3/5] connecting {args.sockets} sockets to {args.plans} plans"
-            f" ({per_plan} per plan, each plan's viewers alternating between A and B),"
-            f" compression {args.compression}, from {args.clients} client processes:"
-        )
-        for k in range(args.clients):
-            say(
-                f"      client process {k + 1}: {len(sockets[k])} sockets ("
-                + ", ".join(f"{n} to server {s}" for s, n in sorted(split[k].items()))
-                + ")"
-            )
-        t = time.perf_counter()
-        workers = [Worker(k, sockets[k], tmp / f"client-{k}.log") for k in range(args.clients)]
-        for w in workers:
-            await w.start(None if args.compression == "none" else args.compression)
-        meter = CpuMeter(
-            {
-                "server A": pids[:1],
-                "server B": pids[1:],
-                "clients": [w.proc.pid for w in workers if w.proc is not None],
-                "bench": [os.getpid()],
-            },
-            postmaster,
-        )
-        next_print = 0.0
-        while (live := sum(w.stats["live"] for w in workers)) < args.sockets:
-            for w in workers:
-                if w._reader is not None and w._reader.done():
-                    await w.reply(1)  # raises with the client's log
-            if time.perf_counter() - t > args.connect_timeout:
-                raise RuntimeError(f"only {live}/{args.sockets} sockets live after the timeout")
-            if time.perf_counter() >= next_print:
-                say(f"      {live}/{args.sockets} live ({time.perf_counter() - t:.1f} s)")
-                next_print = time.perf_counter() + 2.0
-            await asyncio.sleep(0.1)
-        say(f"      {args.sockets}/{args.sockets} live in {time.perf_counter() - t:.1f} s")
-        await asyncio.sleep(3.0)  # presence broadcasts settle; the sockets are idle now
-        rss_after = [rss_kib(p) for p in pids]
-        per_socket = [
-            (rss_after[i] - rss_before[i]) / per_server[i] if per_server[i] else 0.0
-            for i in range(2)
-        ]
-        for i in range(2):
-            say(
-                f"      server {labels[i]}: RSS {rss_before[i] / 1024:.1f} -> "
-                f"{rss_after[i] / 1024:.1f} MiB with {per_server[i]} idle sockets:"
-                f" {per_socket[i]:.1f} KiB per socket"
-            )
+
+        async def all_live() -> None:
+            t = time.perf_counter()
+            next_print = 0.0
+            while (live := sum(w.stats["live"] for w in workers)) < args.sockets:
+                for w in workers:
+                    if w._reader is not None and w._reader.done():
+                        await w.reply(1)  # raises with the client's log
+                if time.perf_counter() - t > args.connect_timeout:
+                    raise RuntimeError(f"only {live}/{args.sockets} sockets live after the timeout")
+                if time.perf_counter() >= next_print:
+                    say(f"      {live}/{args.sockets} live ({time.perf_counter() - t:.1f} s)")
+                    next_print = time.perf_counter() + 2.0
+                await asyncio.sleep(0.1)
+            say(f"      {args.sockets}/{args.sockets} live in {time.perf_counter() - t:.1f} s")
 
         async def sync(expected: dict[str, int], timeout: float) -> int:
             for w in workers:
                 await w.send({"cmd": "sync", "id": 0, "expected": expected, "timeout": timeout})
             return sum([(await w.reply(timeout + 30))["behind"] for w in workers])
 
-        # 4. appends with subscribers -----------------------------------------------------
-        if args.closed_on == "subscribed":
+        # 2.-4. without and with subscribers, interleaved `--rounds` times: the ratio pools
+        # the rounds, so a drift of the machine or the database over the run counts on both
+        # sides instead of on one
+        rates: list[tuple[float, float]] = []  # (without, with) appends/s per round
+        closed_windows: dict[str, list[float]] = {}
+        closed_used: Counter[str] = Counter()
+        per_socket = [0.0, 0.0]
+        for rnd in range(args.rounds):
+            of = f", round {rnd + 1} of {args.rounds}" if args.rounds > 1 else ""
+            if rnd:
+                t = time.perf_counter()
+                for w in workers:
+                    await w.send({"cmd": "disconnect", "id": rnd})
+                for w in workers:
+                    await w.reply(60)
+                await asyncio.sleep(3.0)  # the servers drop the sockets' presence rows
+                say(
+                    f"      {args.sockets} sockets disconnected for the next round"
+                    f" ({time.perf_counter() - t:.1f} s)"
+                )
+
+            # 2. appends without subscribers ----------------------------------------------
             say(
-                f"[4/5] appends with {args.sockets} subscribers: the same closed loop on the"
-                f" {len(fan_plans)} subscribed plans (every append fanned out to {per_plan} sockets)"
+                f"[2/5] appends without subscribers{of}: {args.writers} closed-loop writers,"
+                f" {args.append_seconds:g} s, HTTP to server A, on {len(base_plans)} plans"
             )
-        else:
+            meter = CpuMeter(
+                {"server A": pids[:1], "server B": pids[1:], "bench": [os.getpid()]}, postmaster
+            )
+            meter.start()
+            rate_without, w_without = await bench.closed_loop(
+                ports[0], base_plans, progress_printer("no sockets", False)
+            )
+            lat = sorted(w_without.latencies)
             say(
-                f"[4/5] appends with {args.sockets} sockets connected: the same closed loop on"
-                f" {len(other_plans)} other plans that no socket subscribes to (--closed-on other)"
+                f"      {rate_without:,.0f} appends/s (p50 {percentile(lat, 50) * 1000:.1f} ms,"
+                f" p99 {percentile(lat, 99) * 1000:.1f} ms per request)"
             )
-        meter.start()
-        closed_start = time.time()
-        rate_with, w_with = await bench.closed_loop(
-            ports[0], closed_plans, progress_printer("sockets", True)
-        )
-        closed_end = time.time()
-        cpu_closed = meter.stop()
-        closed_used = meter.used
-        lat = sorted(w_with.latencies)
-        say(
-            f"      {rate_with:,.0f} appends/s (p50 {percentile(lat, 50) * 1000:.1f} ms,"
-            f" p99 {percentile(lat, 99) * 1000:.1f} ms per request)"
-        )
-        say(f"      {cpu_closed}")
-        t = time.perf_counter()
-        behind = await sync(dict(bench.versions), args.drain)
-        say(
-            f"      clients caught up in {time.perf_counter() - t:.1f} s"
-            + (f" ({behind} sockets still behind)" if behind else "")
-        )
+            say(f"      {meter.stop()}")
+
+            # 3. connect the sockets ------------------------------------------------------
+            if rnd == 0:
+                await asyncio.sleep(1.0)
+                rss_before = [rss_kib(p) for p in pids]
+                say(
+                    f"[3/5] connecting {args.sockets} sockets to {args.plans} plans"
+                    f" ({per_plan} per plan, each plan's viewers alternating between A and B),"
+                    f" compression {args.compression}, from {args.clients} client processes:"
+                )
+                for k in range(args.clients):
+                    say(
+                        f"      client process {k + 1}: {len(sockets[k])} sockets ("
+                        + ", ".join(f"{n} to server {s}" for s, n in sorted(split[k].items()))
+                        + ")"
+                    )
+                workers.extend(
+                    Worker(k, sockets[k], tmp / f"client-{k}.log") for k in range(args.clients)
+                )
+                for w in workers:
+                    await w.start(None if args.compression == "none" else args.compression)
+                await all_live()
+                await asyncio.sleep(3.0)  # presence broadcasts settle; the sockets are idle now
+                rss_after = [rss_kib(p) for p in pids]
+                per_socket = [
+                    (rss_after[i] - rss_before[i]) / per_server[i] if per_server[i] else 0.0
+                    for i in range(2)
+                ]
+                for i in range(2):
+                    say(
+                        f"      server {labels[i]}: RSS {rss_before[i] / 1024:.1f} -> "
+                        f"{rss_after[i] / 1024:.1f} MiB with {per_server[i]} idle sockets:"
+                        f" {per_socket[i]:.1f} KiB per socket"
+                    )
+            else:
+                say(
+                    f"[3/5] connecting the {args.sockets} sockets again{of}; each resumes with"
+                    " `since` = the last version it got"
+                )
+                for w in workers:
+                    await w.send({"cmd": "connect"})
+                await all_live()
+                await asyncio.sleep(3.0)  # presence broadcasts settle
+            meter = CpuMeter(
+                {
+                    "server A": pids[:1],
+                    "server B": pids[1:],
+                    "clients": [w.proc.pid for w in workers if w.proc is not None],
+                    "bench": [os.getpid()],
+                },
+                postmaster,
+            )
+
+            # 4. appends with subscribers -------------------------------------------------
+            if args.closed_on == "subscribed":
+                say(
+                    f"[4/5] appends with {args.sockets} subscribers{of}: the same closed loop on"
+                    f" the {len(fan_plans)} subscribed plans (every append fanned out to"
+                    f" {per_plan} sockets)"
+                )
+            else:
+                say(
+                    f"[4/5] appends with {args.sockets} sockets connected{of}: the same closed"
+                    f" loop on {len(other_plans)} other plans that no socket subscribes to"
+                    " (--closed-on other)"
+                )
+            meter.start()
+            closed_start = time.time()
+            rate_with, w_with = await bench.closed_loop(
+                ports[0], closed_plans, progress_printer("sockets", True)
+            )
+            closed_windows[f"closed-{rnd}"] = [closed_start, time.time()]
+            cpu_closed = meter.stop()
+            closed_used.update({k: v / args.rounds for k, v in meter.used.items()})
+            lat = sorted(w_with.latencies)
+            say(
+                f"      {rate_with:,.0f} appends/s (p50 {percentile(lat, 50) * 1000:.1f} ms,"
+                f" p99 {percentile(lat, 99) * 1000:.1f} ms per request);"
+                f" ratio to the round's appends without subscribers"
+                f" {rate_with / rate_without:.2f}"
+            )
+            say(f"      {cpu_closed}")
+            rates.append((rate_without, rate_with))
+            t = time.perf_counter()
+            behind = await sync(dict(bench.versions), args.drain)
+            say(
+                f"      clients caught up in {time.perf_counter() - t:.1f} s"
+                + (f" ({behind} sockets still behind)" if behind else "")
+            )
+        rate_without = sum(r[0] for r in rates) / len(rates)
+        rate_with = sum(r[1] for r in rates) / len(rates)
 
         # 5. fan-out at a fixed rate ------------------------------------------------------
         say(
@@ -944,20 +1007,18 @@ async def run(args: argparse.Namespace) -> int:
                 {
                     "cmd": "report",
                     "expected": dict(bench.versions),
-                    "windows": {
-                        "fanout": [fan_start, fan_end],
-                        "closed": [closed_start, closed_end],
-                    },
+                    "windows": {"fanout": [fan_start, fan_end], **closed_windows},
                 }
             )
             reports.append(await w.reply(60))
 
-        def merged(window: str) -> tuple[array[float], array[float]]:
+        def merged(*windows: str) -> tuple[array[float], array[float]]:
             recorded, received = array("d"), array("d")
             for r in reports:
-                rec, recv = r["windows"][window]
-                recorded.frombytes(base64.b64decode(rec))
-                received.frombytes(base64.b64decode(recv))
+                for window in windows:
+                    rec, recv = r["windows"][window]
+                    recorded.frombytes(base64.b64decode(rec))
+                    received.frombytes(base64.b64decode(recv))
             return recorded, received
 
         fan_rec, fan_recv = merged("fanout")
@@ -972,7 +1033,7 @@ async def run(args: argparse.Namespace) -> int:
         for a, b in zip(fan_rec, fan_recv, strict=True):
             sec = int(a - fan_start)
             worst_per_second[sec] = max(worst_per_second.get(sec, 0.0), b - a)
-        closed_lat = sorted(b - a for a, b in zip(*merged("closed"), strict=True))
+        closed_lat = sorted(b - a for a, b in zip(*merged(*closed_windows), strict=True))
         expected_deliveries = sum(n * subscribers[p] for p, n in w_fan.per_plan.items())
         duplicates = sum(r["duplicates"] for r in reports)
         gaps = sum(r["gaps"] for r in reports)
@@ -1016,8 +1077,9 @@ async def run(args: argparse.Namespace) -> int:
         )
         say(
             f"  order check: {violations} violations ({duplicates} duplicates, {gaps} gaps,"
-            f" {missing} missing at the end) over the whole run; {reconnects} reconnects"
-            + (f", close codes {dict(codes)}" if codes else "")
+            f" {missing} missing at the end) over the whole run, across"
+            f" {args.sockets * (args.rounds - 1):,} resumes between rounds; {reconnects}"
+            " unplanned reconnects" + (f", close codes {dict(codes)}" if codes else "")
         )
         never_live = sum(r["never_live"] for r in reports)
         behind_end = sum(r["behind_sockets"] for r in reports)
@@ -1041,9 +1103,15 @@ async def run(args: argparse.Namespace) -> int:
             )
         what = "subscribers" if args.closed_on == "subscribed" else "sockets on other plans"
         say(
-            f"  appends/s (closed loop, {args.writers} writers, HTTP to A): without sockets"
-            f" {rate_without:,.0f}, with {args.sockets} {what} {rate_with:,.0f}:"
-            f" ratio {ratio:.2f}"
+            f"  appends/s (closed loop, {args.writers} writers, HTTP to A"
+            + (f", mean of {args.rounds} interleaved rounds" if args.rounds > 1 else "")
+            + f"): without sockets {rate_without:,.0f}, with {args.sockets} {what}"
+            f" {rate_with:,.0f}: ratio {ratio:.2f}"
+            + (
+                " (rounds: " + ", ".join(f"{w / wo:.2f}" for wo, w in rates) + ")"
+                if args.rounds > 1
+                else ""
+            )
         )
         fanout_cores = closed_used["server B"] + closed_used["clients"]
         say(
@@ -1133,6 +1201,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="each closed-loop append run, after 0.5 s warm-up (default 8)",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="closed-loop runs without and with subscribers, interleaved (default 3)",
+    )
+    parser.add_argument(
         "--clients", type=int, default=2, help="client processes holding the sockets (default 2)"
     )
     parser.add_argument(
@@ -1172,7 +1246,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not args.worker:
-        for name in ("sockets", "plans", "writers", "clients"):
+        for name in ("sockets", "plans", "writers", "clients", "rounds"):
             if getattr(args, name) < 1:
                 parser.error(f"--{name} must be positive")
         if args.rate <= 0 or args.seconds <= 0 or args.append_seconds <= 0:
