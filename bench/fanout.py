@@ -51,7 +51,6 @@ import contextlib
 import gc
 import json
 import os
-import random
 import resource
 import shutil
 import signal
@@ -69,6 +68,7 @@ import asyncpg
 import msgspec
 
 from bench.common import admin_url, code_version, run_until_signal, say, verdict
+from server.client import FeedClosed, PlanFeed
 from tests.support import ROOT, ServerProcess, create_database, drop_database, token, with_database
 
 OWNER = "owner@seller.example"
@@ -104,25 +104,6 @@ def percentile(sorted_values: list[float], p: float) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-class _Event(msgspec.Struct):
-    version: int
-    recorded_at: datetime
-
-
-class _Frame(msgspec.Struct):
-    """Only what the check needs: everything else in a frame (state, data...) is skipped."""
-
-    op: str
-    plan_id: str | None = None
-    version: int | None = None
-    event: _Event | None = None
-    code: str | None = None
-    message: str | None = None
-
-
-_frame_decoder = msgspec.json.Decoder(_Frame)
-
-
 @dataclass
 class WorkerState:
     received_at: array[float] = field(default_factory=lambda: array("d"))
@@ -130,11 +111,8 @@ class WorkerState:
     events: int = 0
     duplicates: int = 0
     gaps: int = 0
-    reconnects: int = 0
     live: int = 0
-    close_codes: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
-    stopping: bool = False
 
 
 class Sock:
@@ -146,71 +124,77 @@ class Sock:
         self.last: int | None = None
         self.is_live = False
         self.fatal = False
+        self.feed: PlanFeed | None = None
+        self.done_reconnects = 0
+        self.done_close_codes: list[int] = []
 
     async def run(self, gate: asyncio.Semaphore, compression: str | None) -> None:
-        from websockets.asyncio.client import connect
-        from websockets.exceptions import ConnectionClosed, InvalidHandshake
+        """Follow the plan with `server.client.PlanFeed` (the client users are shown), which
+        reconnects with backoff and resumes with `since`; check every version it yields."""
+        since = {self.plan_id: self.last} if self.last is not None else None
+        feed = PlanFeed(
+            self.url,
+            self.token,
+            [self.plan_id],
+            since=since,
+            max_backoff=1.0,
+            connect_options={
+                "compression": compression,
+                "ping_interval": None,
+                "open_timeout": 60,
+                "close_timeout": 2,
+            },
+        )
+        self.feed = feed
+        try:
+            messages = aiter(feed)
+            async with gate:  # bounded concurrent handshakes when a round's sockets start
+                while not self.is_live:
+                    self.on_message(await anext(messages))
+            async for message in messages:
+                self.on_message(message)
+        except FeedClosed:
+            self.fatal = True
+        except StopAsyncIteration:
+            pass
+        finally:
+            self.feed = None
+            self.done_reconnects += feed.reconnects
+            self.done_close_codes.extend(feed.close_codes)
 
+    @property
+    def reconnects(self) -> int:
+        return self.done_reconnects + (self.feed.reconnects if self.feed is not None else 0)
+
+    def close_codes(self) -> list[int]:
+        return self.done_close_codes + (self.feed.close_codes if self.feed is not None else [])
+
+    def on_message(self, m: dict[str, Any]) -> None:
         st = self.state
-        backoff = 0.05
-        while not st.stopping:
-            try:
-                async with gate:  # bounded concurrent handshakes (first connect and storms)
-                    ws = await connect(
-                        self.url,
-                        compression=compression,
-                        ping_interval=None,
-                        open_timeout=60,
-                        close_timeout=2,
-                        max_size=2**24,
-                    )
-                    await ws.send(json.dumps({"op": "auth", "token": self.token}))
-                    sub: dict[str, Any] = {"op": "subscribe", "plan_id": self.plan_id}
-                    if self.last is not None:
-                        sub["since"] = self.last
-                    await ws.send(json.dumps(sub))
-                async with ws:
-                    async for raw in ws:
-                        f = _frame_decoder.decode(raw)
-                        if f.op == "event" and f.event is not None:
-                            now = time.time()
-                            v = f.event.version
-                            last = self.last
-                            if last is not None and v != last + 1:
-                                if v <= last:
-                                    st.duplicates += 1
-                                    continue
-                                st.gaps += 1
-                            self.last = v
-                            st.events += 1
-                            st.received_at.append(now)
-                            st.recorded_at.append(f.event.recorded_at.timestamp())
-                        elif f.op == "snapshot":
-                            if self.last is None and f.version is not None:
-                                self.last = f.version
-                        elif f.op == "live":
-                            if not self.is_live:
-                                self.is_live = True
-                                st.live += 1
-                            backoff = 0.05
-                        elif f.op == "error":
-                            st.errors[f"{f.code}: {f.message}"] += 1
-                code = ws.close_code
-            except ConnectionClosed as exc:
-                code = exc.rcvd.code if exc.rcvd is not None else 1006
-            except (OSError, TimeoutError, InvalidHandshake) as exc:
-                st.errors[f"connect: {type(exc).__name__}: {exc}"[:200]] += 1
-                code = None
-            if st.stopping:
-                return
-            if code is not None:
-                st.close_codes[code] += 1
-            if code in (4001, 4003):
-                self.fatal = True
-                return
-            st.reconnects += 1
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, 1.0)
+        op = m["op"]
+        if op == "event":
+            now = time.time()
+            event = m["event"]
+            v = event["version"]
+            last = self.last
+            if last is not None and v != last + 1:
+                if v <= last:
+                    st.duplicates += 1
+                    return
+                st.gaps += 1
+            self.last = v
+            st.events += 1
+            st.received_at.append(now)
+            st.recorded_at.append(datetime.fromisoformat(event["recorded_at"]).timestamp())
+        elif op == "snapshot":
+            if self.last is None:
+                self.last = m["version"]
+        elif op == "live":
+            if not self.is_live:
+                self.is_live = True
+                st.live += 1
+        elif op == "error":
+            st.errors[f"{m.get('code')}: {m.get('message')}"] += 1
 
 
 def behind(socks: list[Sock], expected: dict[str, int]) -> int:
@@ -260,7 +244,7 @@ async def worker_main() -> None:
                     "type": "stats",
                     "live": st.live,
                     "events": st.events,
-                    "reconnects": st.reconnects,
+                    "reconnects": sum(s.reconnects for s in socks),
                     "violations": st.duplicates + st.gaps,
                     "fatal": sum(s.fatal for s in socks),
                 }
@@ -296,8 +280,11 @@ async def worker_main() -> None:
                             1 for s in socks if (s.last or 0) < expected.get(s.plan_id, 0)
                         ),
                         "never_live": sum(1 for s in socks if not s.is_live),
-                        "reconnects": st.reconnects,
-                        "close_codes": {str(k): v for k, v in st.close_codes.items()},
+                        "reconnects": sum(s.reconnects for s in socks),
+                        "close_codes": {
+                            str(k): v
+                            for k, v in Counter(c for s in socks for c in s.close_codes()).items()
+                        },
                         "errors": dict(st.errors.most_common(5)),
                     }
                 )
@@ -316,7 +303,6 @@ async def worker_main() -> None:
             elif cmd["cmd"] == "stop":
                 break
     finally:
-        st.stopping = True
         ticker.cancel()
         for t in tasks:
             t.cancel()

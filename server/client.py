@@ -17,11 +17,13 @@ import random
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+import msgspec
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 FATAL_CODES = {4001, 4003}
+_decode = msgspec.json.Decoder(dict[str, Any]).decode
 
 
 class FeedClosed(Exception):
@@ -40,7 +42,10 @@ class PlanFeed:
         *,
         since: dict[str, int] | None = None,
         max_backoff: float = 2.0,
+        connect_options: dict[str, Any] | None = None,
     ) -> None:
+        """`connect_options` go to `websockets.asyncio.client.connect` (e.g. `compression`,
+        `open_timeout`, `ping_interval`)."""
         # several URLs (instances behind no load balancer): the next one is tried on failure
         self.urls = [u.strip() for u in url.split(",") if u.strip()]
         self.url = self.urls[0]
@@ -49,6 +54,7 @@ class PlanFeed:
         for plan_id, version in (since or {}).items():
             self.versions[plan_id] = version
         self.max_backoff = max_backoff
+        self.connect_options = {"open_timeout": 5, "max_size": 2**24, **(connect_options or {})}
         self.reconnects = 0
         self.close_codes: list[int] = []
         self.ws: ClientConnection | None = None
@@ -72,10 +78,10 @@ class PlanFeed:
         backoff = 0.05
         while not self._stop:
             try:
-                async with connect(self.url, open_timeout=5, max_size=2**24) as ws:
+                async with connect(self.url, **self.connect_options) as ws:
                     self.ws = ws
                     await ws.send(json.dumps({"op": "auth", "token": self.token}))
-                    ready = json.loads(await ws.recv())
+                    ready = _decode(await ws.recv())
                     if ready.get("op") != "ready":
                         raise FeedClosed(4001, str(ready))
                     for plan_id, version in self.versions.items():
@@ -85,7 +91,7 @@ class PlanFeed:
                         await ws.send(json.dumps(msg))
                     backoff = 0.05
                     async for raw in ws:
-                        message = json.loads(raw)
+                        message = _decode(raw)
                         op = message.get("op")
                         if op == "snapshot":
                             self.versions[message["plan_id"]] = message["version"]
