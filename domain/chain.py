@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Protocol
 
 import msgspec
 
@@ -37,6 +38,26 @@ def event_hash(
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+class StoredLink(Protocol):
+    """An event as stored, read back or written to a file: its JSON `data` as text (None when
+    withheld)."""
+
+    @property
+    def version(self) -> int: ...
+    @property
+    def recorded_at(self) -> datetime: ...
+    @property
+    def data_digest(self) -> str: ...
+    @property
+    def hash(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def actor(self) -> str: ...
+    @property
+    def data(self) -> str | None: ...
+
+
 class Link(msgspec.Struct, frozen=True):
     """What verification needs of one stored event (data may be withheld: digest suffices)."""
 
@@ -48,6 +69,20 @@ class Link(msgspec.Struct, frozen=True):
     type: str = ""
     actor: str = ""
     data: msgspec.Raw | None = None
+
+    @classmethod
+    def of(cls, plan_id: str, e: StoredLink) -> Link:
+        data = e.data
+        return cls(
+            plan_id=plan_id,
+            version=e.version,
+            recorded_at=e.recorded_at,
+            data_digest=e.data_digest,
+            hash=e.hash,
+            type=e.type,
+            actor=e.actor,
+            data=None if data is None else msgspec.Raw(data.encode()),
+        )
 
 
 class Verdict(msgspec.Struct, frozen=True):

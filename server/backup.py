@@ -489,19 +489,7 @@ def _read_lines(f: Any, progress: _Progress | None) -> Iterator[Any]:
 def _verified(head: PlanHead, events: list[EventLine]) -> PlanRestore:
     """Recompute the chain, check it ends at the recorded head, fold it, re-derive audiences."""
     where = f"plan {head.plan_id!r}"
-    verdict = chain.verify(
-        chain.Link(
-            plan_id=head.plan_id,
-            version=e.version,
-            recorded_at=e.recorded_at,
-            data_digest=e.data_digest,
-            hash=e.hash,
-            type=e.type,
-            actor=e.actor,
-            data=msgspec.Raw(e.data.encode()),
-        )
-        for e in events
-    )
+    verdict = chain.verify(chain.Link.of(head.plan_id, e) for e in events)
     if not verdict.ok:
         raise CorruptBackup(
             f"{where}: the hash chain breaks at version {verdict.broken_at} ({verdict.reason})",

@@ -57,16 +57,7 @@ def projection_runners(
 
 
 def link_of(e: StoredEvent) -> chain.Link:
-    return chain.Link(
-        plan_id=e.plan_id,
-        version=e.version,
-        recorded_at=e.recorded_at,
-        data_digest=e.data_digest,
-        hash=e.hash,
-        type=e.type,
-        actor=e.actor,
-        data=msgspec.Raw(e.data.encode()),
-    )
+    return chain.Link.of(e.plan_id, e)
 
 
 async def read_all(store: Store, plan_id: str) -> list[StoredEvent]:
@@ -257,19 +248,7 @@ def check_proof(raw: bytes, expected_head: str | None = None) -> chain.Verdict:
         raise Malformed(f"not a Mapstream proof file: {exc}") from exc
     if proof.format != PROOF_FORMAT:
         raise Malformed(f"unknown proof format {proof.format!r} (this reads {PROOF_FORMAT})")
-    links = [
-        chain.Link(
-            plan_id=proof.plan_id,
-            version=e.version,
-            recorded_at=e.recorded_at,
-            data_digest=e.data_digest,
-            hash=e.hash,
-            type=e.type,
-            actor=e.actor,
-            data=None if e.data is None else msgspec.Raw(e.data.encode()),
-        )
-        for e in proof.events
-    ]
+    links = [chain.Link.of(proof.plan_id, e) for e in proof.events]
     verdict = chain.verify(links)
     if not verdict.ok:
         return verdict
