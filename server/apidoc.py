@@ -3,9 +3,14 @@ document from each module's `openapi(ref)`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from domain.rules import MAX_TITLE
+
+# JSON passed through as stored (an event's data), documented as the object it always is
+JsonObject = Annotated[msgspec.Raw, msgspec.Meta(extra_json_schema={"type": "object"})]
 
 PLAN_ID: dict[str, Any] = {
     "name": "plan_id",

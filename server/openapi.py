@@ -9,9 +9,10 @@ import msgspec
 
 from domain.decider import COMMAND_TYPES, EVENT_TYPES
 from domain.model import Plan
-from server.apidoc import PLAN_ID
+from server.apidoc import PLAN_ID, Doc
 from server.codec import NewPlan
 from server.errors import STATUS
+from server.plans import EventOut
 
 _REF = "#/components/schemas/{name}"
 
@@ -33,23 +34,10 @@ class Created(msgspec.Struct):
     version: int
 
 
-class EventOutDoc(msgspec.Struct):
-    plan_id: str
-    version: int
-    position: int
-    type: str
-    data: dict[str, Any]
-    actor: str
-    command_id: str | None
-    recorded_at: str
-    hash: str
-    data_digest: str
-
-
 class CommandAnswerDoc(msgspec.Struct):
     plan_id: str
     version: int
-    events: list[EventOutDoc]
+    events: list[EventOut]
 
 
 class PlanDoc(msgspec.Struct):
@@ -61,7 +49,7 @@ class PlanDoc(msgspec.Struct):
 class EventsDoc(msgspec.Struct):
     plan_id: str
     version: int
-    events: list[EventOutDoc]
+    events: list[EventOut]
 
 
 class InviteIn(msgspec.Struct):
@@ -84,12 +72,11 @@ class AcceptOut(msgspec.Struct):
 
 
 class LogPage(msgspec.Struct):
-    events: list[EventOutDoc]
+    events: list[EventOut]
     next: str
 
 
-def _json(ref: str) -> dict[str, Any]:
-    return {"application/json": {"schema": {"$ref": _REF.format(name=ref)}}}
+_json = Doc(_REF).body
 
 
 def _errors(*codes: str) -> dict[str, Any]:

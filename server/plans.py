@@ -30,6 +30,7 @@ from domain.model import Plan
 from domain.visibility import audience
 from projections.snapshots import EVERY as SNAPSHOT_EVERY
 from projections.snapshots import SCHEMA as SNAPSHOT_SCHEMA
+from server.apidoc import JsonObject
 from server.errors import database_down
 from server.observability import Metrics
 from server.store import (
@@ -77,7 +78,7 @@ class EventOut(msgspec.Struct, frozen=True):
     version: int
     position: int
     type: str
-    data: msgspec.Raw
+    data: JsonObject
     actor: str
     command_id: str | None
     recorded_at: datetime

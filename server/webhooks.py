@@ -64,7 +64,7 @@ from domain.visibility import view_for
 from projections.diff import ITEM_FIELDS
 from projections.runner import LogEvent, ProjectionRunner, stopping
 from projections.states import Loader, PlanStates, recorded_of
-from server.apidoc import SELLER_ORG, Doc
+from server.apidoc import SELLER_ORG, Doc, JsonObject
 from server.codec import (
     check_org,
     check_plan_id,
@@ -174,25 +174,7 @@ class WebhookPayload(msgspec.Struct, frozen=True):
     actor: str
     hash: str
     audience: str | None  # None: both sides see it; "seller": the seller's internal item
-    data: msgspec.Raw  # the event as stored (as in GET /plans/{id}/events)
-    changes: list[FieldChange]
-    plan: PlanSummary
-
-
-class WebhookPayloadDoc(msgspec.Struct):
-    """WebhookPayload as documented in /openapi.json."""
-
-    id: str
-    type: str
-    subscription_id: str
-    plan_id: str
-    version: int
-    position: int
-    recorded_at: datetime
-    actor: str
-    hash: str
-    audience: str | None
-    data: dict[str, Any]
+    data: JsonObject  # the event as stored (as in GET /plans/{id}/events)
     changes: list[FieldChange]
     plan: PlanSummary
 
@@ -1110,7 +1092,7 @@ def openapi(ref: str) -> tuple[dict[str, Any], dict[str, Any]]:
             DeliveryList,
             ReplayIn,
             ReplayOut,
-            WebhookPayloadDoc,
+            WebhookPayload,
         ],
         ref_template=ref,
     )
@@ -1125,7 +1107,7 @@ def openapi(ref: str) -> tuple[dict[str, Any], dict[str, Any]]:
         "schema": {"type": "string", "pattern": "^wh_[0-9a-f]{16}$"},
     }
     delivery = (
-        "Each delivery is a POST of a WebhookPayloadDoc body with headers `Webhook-Id`"
+        "Each delivery is a POST of a WebhookPayload body with headers `Webhook-Id`"
         " (`<plan_id>:<version>`, the idempotency id), `Webhook-Timestamp`, `Mapstream-Event`,"
         " `Mapstream-Attempt` and `Mapstream-Signature: t=<unix>,v1=<hex HMAC-SHA256 of"
         ' "<t>.<body>">`. A 2xx answer accepts it; anything else is retried with backoff,'

@@ -501,7 +501,7 @@ async def test_a_receiver_that_fails_twice_gets_each_event_once_in_order_signed(
             doc = (await http.get("/openapi.json")).json()
             for path in ("/webhooks", "/webhooks/{subscription_id}/replay"):
                 assert path in doc["paths"]
-            assert "WebhookPayloadDoc" in doc["components"]["schemas"]
+            assert "WebhookPayload" in doc["components"]["schemas"]
 
 
 # -- the outbox projection on its own --------------------------------------------------------
