@@ -34,12 +34,12 @@ from server.store import Store
 from server.tools import verify_with_head
 from server.webhooks import Snapshot
 from tests.support import (
-    admin_url,
     auth,
     cli_env,
     create_database,
     drop_database,
     free_port,
+    fresh_database,
     mapstream,
     running_app,
     settings_for,
@@ -151,13 +151,6 @@ async def build(http: httpx.AsyncClient) -> list[str]:
     return [won, kickoff, busy]
 
 
-async def fresh_database() -> tuple[str, str, str]:
-    """(admin url, name, url) of a new, blank database: no schema, no rows."""
-    admin = await asyncio.to_thread(admin_url)
-    name = await create_database(admin)
-    return admin, name, with_database(admin, name)
-
-
 async def settled(url: str, timeout: float = 30) -> None:
     """Wait until the server's projections have applied every event of the database."""
     async with asyncio.timeout(timeout):
@@ -177,20 +170,14 @@ async def settled(url: str, timeout: float = 30) -> None:
 @pytest.fixture(scope="module")
 async def source(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[str, list[str]]]:
     """A database a server has filled through the API: (url, plan ids)."""
-    admin, name, url = await fresh_database()
-    conn = await asyncpg.connect(url)
-    try:
-        await apply_schema(conn)
-    finally:
-        await conn.close()
-    async with (
-        running_app(settings_for(url, tmp_path_factory.mktemp("backup-source"))) as base,
-        httpx.AsyncClient(base_url=base, timeout=10) as http,
-    ):
-        plan_ids = await build(http)
-        await settled(url)
-    yield url, plan_ids
-    await drop_database(admin, name)
+    async with fresh_database() as url:
+        async with (
+            running_app(settings_for(url, tmp_path_factory.mktemp("backup-source"))) as base,
+            httpx.AsyncClient(base_url=base, timeout=10) as http,
+        ):
+            plan_ids = await build(http)
+            await settled(url)
+        yield url, plan_ids
 
 
 @pytest.fixture(scope="module")
@@ -209,17 +196,15 @@ async def backup_file(
 @pytest.fixture(scope="module")
 async def blank() -> AsyncIterator[str]:
     """A blank database that every refused restore must leave blank."""
-    admin, name, url = await fresh_database()
-    yield url
-    await drop_database(admin, name)
+    async with fresh_database(schema=False) as url:
+        yield url
 
 
 async def test_a_restored_database_has_the_same_events_verifies_and_rebuilds_every_projection(
     source: tuple[str, list[str]], backup_file: Path, tmp_path: Path
 ):
     src, plan_ids = source
-    admin, name, dst = await fresh_database()
-    try:
+    async with fresh_database(schema=False) as dst:
         done = await mapstream(
             cli_env(dst, tmp_path), "restore", str(backup_file), "--progress-every", "25"
         )
@@ -264,8 +249,6 @@ async def test_a_restored_database_has_the_same_events_verifies_and_rebuilds_eve
             assert r.json()["events"][0]["position"] > before
             r = await http.get(f"/plans/{busy}/verify", headers=auth(SELLER))
             assert r.json()["ok"] is True
-    finally:
-        await drop_database(admin, name)
 
 
 async def test_restoring_into_a_database_that_holds_data_is_refused_and_changes_nothing(
@@ -401,49 +384,47 @@ async def test_a_backup_taken_while_plans_are_being_edited_is_one_consistent_sna
 ):
     """Plan heads and events come from one snapshot: appends racing the backup never leave
     a chain that ends past (or before) the head its plan row recorded."""
-    admin, name, url = await fresh_database()
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
-    assert pool is not None
-    try:
-        async with pool.acquire() as conn:
-            await apply_schema(conn)
-        service = PlanService(Store(pool))
-        from domain.comments import AddComment
-        from domain.plans import CreatePlan
-
-        plan_ids = [f"race-{n}" for n in range(4)]
-        for plan_id in plan_ids:
-            create = CreatePlan(title="Race", buyer_org="B", seller_org="S", side="seller")
-            await service.handle(plan_id, create, SELLER)
-        stop = asyncio.Event()
-        written = 0
-
-        async def writer(plan_id: str) -> None:
-            nonlocal written
-            while not stop.is_set():
-                await service.handle(plan_id, AddComment(item_id="plan", text="x"), SELLER)
-                written += 1
-
-        writers = [asyncio.create_task(writer(p)) for p in plan_ids]
+    async with fresh_database(schema=False) as url:
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
+        assert pool is not None
         try:
-            for n in range(3):
-                path = tmp_path / f"race-{n}.jsonl.gz"
-                header = await backup(settings_for(url, tmp_path), path)
-                assert check(path).events == header.events  # every chain ends at its head
+            async with pool.acquire() as conn:
+                await apply_schema(conn)
+            service = PlanService(Store(pool))
+            from domain.comments import AddComment
+            from domain.plans import CreatePlan
+
+            plan_ids = [f"race-{n}" for n in range(4)]
+            for plan_id in plan_ids:
+                create = CreatePlan(title="Race", buyer_org="B", seller_org="S", side="seller")
+                await service.handle(plan_id, create, SELLER)
+            stop = asyncio.Event()
+            written = 0
+
+            async def writer(plan_id: str) -> None:
+                nonlocal written
+                while not stop.is_set():
+                    await service.handle(plan_id, AddComment(item_id="plan", text="x"), SELLER)
+                    written += 1
+
+            writers = [asyncio.create_task(writer(p)) for p in plan_ids]
+            try:
+                for n in range(3):
+                    path = tmp_path / f"race-{n}.jsonl.gz"
+                    header = await backup(settings_for(url, tmp_path), path)
+                    assert check(path).events == header.events  # every chain ends at its head
+            finally:
+                stop.set()
+                await asyncio.gather(*writers)
+            assert written > 0 and header.events > len(plan_ids)
         finally:
-            stop.set()
-            await asyncio.gather(*writers)
-        assert written > 0 and header.events > len(plan_ids)
-    finally:
-        await pool.close()
-        await drop_database(admin, name)
+            await pool.close()
 
 
 async def test_restore_refuses_a_target_with_any_data_even_without_events(
     backup_file: Path, tmp_path: Path
 ):
-    admin, name, url = await fresh_database()
-    try:
+    async with fresh_database(schema=False) as url:
         conn = await asyncpg.connect(url)
         try:
             await apply_schema(conn)
@@ -455,8 +436,6 @@ async def test_restore_refuses_a_target_with_any_data_even_without_events(
         with pytest.raises(TargetNotEmpty, match=r"templates \(1 rows\)"):
             await restore(settings_for(url, tmp_path), backup_file)
         assert await fetch(url, "SELECT count(*) FROM events") == [(0,)]
-    finally:
-        await drop_database(admin, name)
 
 
 async def test_a_backup_restores_into_the_other_postgresql_major_version(
@@ -543,9 +522,7 @@ async def test_a_restored_webhook_subscription_gets_the_events_of_the_new_cluste
             webhook_backoff_max=0.2,
         )
 
-    admin, src_name, src = await fresh_database()
-    _, dst_name, dst = await fresh_database()
-    try:
+    async with fresh_database(schema=False) as src, fresh_database(schema=False) as dst:
         async with receiving(got) as hook_url:
             async with (
                 running_app(hooked(src)) as base,
@@ -620,6 +597,3 @@ async def test_a_restored_webhook_subscription_gets_the_events_of_the_new_cluste
                 await command(http, plan_id, "add_comment", item_id="plan", text="after")
                 await until("after")
             assert sorted(comments()) == ["after", "pending", "sent"]  # each once
-    finally:
-        await drop_database(admin, src_name)
-        await drop_database(admin, dst_name)
