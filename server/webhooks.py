@@ -41,14 +41,16 @@ import logging
 import random
 import re
 import secrets
+import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Literal, TextIO
 from urllib.parse import urlsplit
 
 import asyncpg
+import httpcore
 import httpx
 import msgspec
 from starlette.applications import Starlette
@@ -747,8 +749,10 @@ class DeliveryWorker:
 
     async def run(self) -> None:
         async with httpx.AsyncClient(
+            transport=receiver_transport(self.settings.webhook_allow_private),
             timeout=self.settings.webhook_timeout,
             follow_redirects=False,
+            trust_env=False,  # no HTTP(S)_PROXY: the address checked is the one connected to
             headers={"User-Agent": USER_AGENT},
         ) as client:
             self._client = client
@@ -822,9 +826,8 @@ class DeliveryWorker:
         }
         status: int | None = None
         try:
-            private = None if self.settings.webhook_allow_private else await private_address(d.url)
-            if private is not None:
-                raise ConnectionRefusedError("not sent: the URL now reaches a private address")
+            # receiver_transport refuses a host that resolves into this server's own network
+            # now (the address it checks is the address it connects to)
             # the answer's body is never read: a receiver cannot make us buffer it
             async with self._client.stream("POST", d.url, content=body, headers=headers) as r:
                 status = r.status_code
@@ -945,6 +948,84 @@ async def private_address(url: str) -> str | None:
         if not address.is_global:
             return str(address)
     return None
+
+
+class PublicOnly(httpcore.AsyncNetworkBackend):
+    """Connects only to addresses on the public internet, resolving each host once.
+
+    The address checked is the address connected to: a receiver's name that resolved to a
+    public address when the subscription was made, and resolves into the server's own network
+    when an attempt is made (DNS rebinding, or a record changed since), is refused before a
+    byte is sent. TLS still verifies the certificate against the URL's host name."""
+
+    def __init__(self) -> None:
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, type=socket.SOCK_STREAM
+            )
+        except (OSError, UnicodeError) as exc:
+            raise httpcore.ConnectError(f"{host} does not resolve: {exc}") from exc
+        addresses = list(dict.fromkeys(str(info[4][0]).split("%", 1)[0] for info in infos))
+        if any(not ipaddress.ip_address(a).is_global for a in addresses):
+            raise httpcore.ConnectError(
+                f"not sent: {host} resolves to an address of this server's own network"
+            )
+        failure: httpcore.ConnectError | None = None
+        for address in addresses:  # the first that answers, as a browser would
+            try:
+                return await self._inner.connect_tcp(
+                    address,
+                    port,
+                    timeout=timeout,
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = httpcore.ConnectError(str(exc))
+        raise failure or httpcore.ConnectError(f"{host} has no address")
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("not sent: a webhook receiver is never a local socket")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def receiver_transport(allow_private: bool) -> httpx.AsyncHTTPTransport:
+    """The transport webhook deliveries go through: connections only to public addresses,
+    checked at connect time (`PublicOnly`), unless MAPSTREAM_WEBHOOK_ALLOW_PRIVATE=1."""
+    transport = httpx.AsyncHTTPTransport(trust_env=False)
+    if allow_private:
+        return transport
+    # httpx has no resolver hook: its transport converts requests for an httpcore pool, and
+    # this one is the same pool with the checking network backend (tests/test_webhooks.py
+    # fails if an httpx upgrade stops using it)
+    if not isinstance(getattr(transport, "_pool", None), httpcore.AsyncConnectionPool):
+        raise RuntimeError("httpx.AsyncHTTPTransport changed: webhooks cannot guard addresses")
+    limits = httpx.Limits()
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=httpx.create_ssl_context(trust_env=False),
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=PublicOnly(),
+    )
+    return transport
 
 
 def check_events(events: Sequence[str]) -> list[str]:

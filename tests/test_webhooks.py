@@ -43,6 +43,7 @@ from server.webhooks import (
     WebhookStore,
     backoff,
     changes_between,
+    receiver_transport,
     signature_header,
     verify_signature,
 )
@@ -691,3 +692,91 @@ async def test_by_default_only_admins_subscribe_and_only_to_public_addresses(
             "/webhooks", params={"seller_org": org}, headers=auth("root@ops.example")
         )
         assert r.status_code == 200 and r.json()["webhooks"] == []
+
+
+# -- addresses: checked where the connection is made ------------------------------------------
+
+
+async def test_the_delivery_transport_connects_only_to_public_addresses():
+    """`receiver_transport` refuses, before a byte is sent, any host that resolves into the
+    server's own network, by address or by name; with private addresses allowed it connects."""
+    receiver = Receiver()
+    async with serving(receiver) as base:
+        port = int(base.rsplit(":", 1)[1])
+        async with httpx.AsyncClient(transport=receiver_transport(False), trust_env=False) as c:
+            for url in (f"{base}/flaky", f"http://localhost:{port}/flaky"):
+                with pytest.raises(httpx.ConnectError, match="own network"):
+                    await c.post(url, content=b"{}")
+            with pytest.raises(httpx.ConnectError, match="does not resolve"):
+                await c.post("http://no-such-host.invalid/x", content=b"{}")
+        assert receiver.got == []  # nothing reached the receiver
+        async with httpx.AsyncClient(transport=receiver_transport(True), trust_env=False) as c:
+            r = await c.post(f"{base}/down", content=b"{}")
+        assert r.status_code == 500 and len(receiver.got) == 1  # it did reach it
+
+
+async def test_a_name_that_passed_the_subscription_check_is_refused_when_it_points_inside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """DNS rebinding: the name looked public when the subscription was made (simulated: the
+    subscription-time check is told so) and resolves to 127.0.0.1 when the delivery connects.
+    The attempt fails at connect time and the local receiver never hears of it."""
+    import server.webhooks as webhooks_module
+
+    async def looked_public(url: str) -> None:
+        return None
+
+    monkeypatch.setattr(webhooks_module, "private_address", looked_public)
+    org = f"Litware {uuid.uuid4().hex[:6]}"
+    receiver = Receiver()
+    async with fresh_database(schema=False) as db, serving(receiver) as hooks_url:
+        port = int(hooks_url.rsplit(":", 1)[1])
+        settings = settings_for(
+            db,
+            tmp_path,
+            admins=frozenset({"root@ops.example"}),
+            webhook_poll=0.05,
+            webhook_backoff=0.05,
+            webhook_backoff_max=0.2,
+        )
+        assert not settings.webhook_allow_private
+        async with (
+            running_app(settings) as url,
+            httpx.AsyncClient(base_url=url, timeout=10) as http,
+        ):
+            r = await http.post(
+                "/plans",
+                json={"title": "Deal", "buyer_org": "B", "seller_org": org, "side": "seller"},
+                headers=auth(SELLER),
+            )
+            assert r.status_code == 201, r.text
+            plan_id = r.json()["plan_id"]
+            r = await http.post(
+                "/webhooks",
+                json={"seller_org": org, "url": f"http://localhost:{port}/down", "events": ["*"]},
+                headers=auth("root@ops.example"),
+            )
+            assert r.status_code == 201, r.text  # the (simulated) check said public
+            sub_id = r.json()["subscription_id"]
+            r = await http.post(
+                f"/plans/{plan_id}/commands",
+                json={
+                    "type": "add_comment",
+                    "command_id": uuid.uuid4().hex,
+                    "data": {"item_id": "plan", "text": "hello"},
+                },
+                headers=auth(SELLER),
+            )
+            assert r.status_code == 200, r.text
+
+            async def refused() -> bool:
+                r = await http.get(
+                    f"/webhooks/{sub_id}/deliveries", headers=auth("root@ops.example")
+                )
+                return any(
+                    d["attempts"] >= 2 and "own network" in (d["last_error"] or "")
+                    for d in r.json()["deliveries"]
+                )
+
+            await until(refused, "the delivery was not refused at connect time")
+            assert receiver.got == []
