@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +79,27 @@ def redact(url: str) -> str:
     creds, host = rest.rsplit("@", 1)
     user = creds.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+
+
+async def listen_forever(
+    database_url: str, channel: str, on_notify: Callable[[str], None], what: str
+) -> None:
+    """LISTEN on `channel` on a connection of its own, calling `on_notify(payload)` for each
+    notification, until cancelled. A dropped connection (noticed by a liveness probe every
+    5 s) is replaced; the callers poll as well, so a gap only delays them."""
+    while True:
+        conn: asyncpg.Connection | None = None
+        try:
+            conn = await asyncpg.connect(database_url)
+            await conn.add_listener(channel, lambda _c, _p, _ch, payload: on_notify(payload))
+            while True:
+                await asyncio.sleep(5.0)
+                await conn.fetchval("SELECT 1", timeout=5)
+        except asyncio.CancelledError:
+            raise
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("%s disconnected, reconnecting: %s", what, exc)
+        finally:
+            if conn is not None and not conn.is_closed():
+                conn.terminate()
+        await asyncio.sleep(0.5)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import asyncpg
 
+from server.database import listen_forever
 from server.store import LOG_START, LogCursor, Store, StoredEvent
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,10 @@ class LogFollower:
 
     async def run(self) -> None:
         """Follow forever; survives database restarts by retrying with backoff."""
-        listener = asyncio.create_task(self._listen(), name="log-listener")
+        listener = asyncio.create_task(
+            listen_forever(self.database_url, CHANNEL, lambda _: self._wake.set(), "log listener"),
+            name="log-listener",
+        )
         watchdog: asyncio.Task[None] | None = None
         try:
             while True:
@@ -169,22 +173,3 @@ class LogFollower:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.terminate()  # no goodbye: it may be the connection that hangs
-
-    async def _listen(self) -> None:
-        """A dedicated LISTEN connection; reconnects when it drops (polling covers the gap)."""
-        while True:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await asyncpg.connect(self.database_url)
-                await conn.add_listener(CHANNEL, lambda *_: self._wake.set())
-                while True:  # a liveness probe notices a dead connection
-                    await asyncio.sleep(5.0)
-                    await conn.fetchval("SELECT 1", timeout=5)
-            except asyncio.CancelledError:
-                raise
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("log listener disconnected, reconnecting: %s", exc)
-            finally:
-                if conn is not None and not conn.is_closed():
-                    conn.terminate()
-            await asyncio.sleep(0.5)

@@ -15,6 +15,8 @@ from collections.abc import Callable
 import asyncpg
 import msgspec
 
+from server.database import listen_forever
+
 log = logging.getLogger(__name__)
 
 CHANNEL = "mapstream_presence"
@@ -103,7 +105,9 @@ class Presence:
     async def run(self, database_url: str, interested: Callable[[str], bool]) -> None:
         """Listen for changes, refresh our rows, expire dead ones, broadcast (throttled)."""
         tasks = [
-            asyncio.create_task(self._listen(database_url)),
+            asyncio.create_task(
+                listen_forever(database_url, CHANNEL, self.changed, "presence listener")
+            ),
             asyncio.create_task(self._heartbeat()),
         ]
         try:
@@ -148,21 +152,3 @@ class Presence:
                     await self._notify(plan_id)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("presence heartbeat failed: %s", exc)
-
-    async def _listen(self, database_url: str) -> None:
-        while True:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await asyncpg.connect(database_url)
-                await conn.add_listener(CHANNEL, lambda _c, _p, _ch, payload: self.changed(payload))
-                while True:
-                    await asyncio.sleep(5.0)
-                    await conn.fetchval("SELECT 1", timeout=5)
-            except asyncio.CancelledError:
-                raise
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("presence listener disconnected, reconnecting: %s", exc)
-            finally:
-                if conn is not None and not conn.is_closed():
-                    conn.terminate()
-            await asyncio.sleep(0.5)
