@@ -7,6 +7,7 @@ import json
 import random
 import signal
 import socket
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +19,16 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from server.client import FeedClosed, PlanFeed
-from tests.support import ServerProcess, auth, running_app, settings_for, token
+from tests.support import (
+    ROOT,
+    ServerProcess,
+    auth,
+    cli_env,
+    mapstream,
+    running_app,
+    settings_for,
+    token,
+)
 
 SELLER = "sam@seller.example"
 BUYER = "bea@buyer.example"
@@ -442,3 +452,55 @@ async def test_graceful_shutdown_closes_sockets_with_1012(database_url: str, tmp
         assert caught.value.rcvd is not None and caught.value.rcvd.code == 1012
     finally:
         await server.stop()
+
+
+# -- mapstream watch ----------------------------------------------------------------------------
+
+
+async def test_mapstream_watch_prints_the_replay_then_live_events_and_stops_on_4001(
+    hub_base: str, tmp_path: Path
+):
+    plan_id = await new_plan(hub_base)
+    async with httpx.AsyncClient(base_url=hub_base) as http:
+        first = await comment(http, plan_id, 1)
+        env = cli_env(None, tmp_path)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "server.cli",
+            "watch",
+            plan_id,
+            "--as",
+            BUYER,
+            "--url",
+            ws_url(hub_base),
+            "--since",
+            str(first - 1),
+            env=env,
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        stdout = proc.stdout
+        assert stdout is not None
+        try:
+
+            async def line() -> dict[str, Any]:
+                async with asyncio.timeout(20):
+                    message: dict[str, Any] = json.loads(await stdout.readline())
+                    return message
+
+            replayed = await line()  # the event after --since, then live
+            assert (replayed["op"], replayed["event"]["version"]) == ("event", first)
+            assert (await line())["op"] == "live"
+            second = await comment(http, plan_id, 2)
+            while (m := await line())["op"] != "event":
+                pass  # presence
+            assert m["event"]["version"] == second and m["event"]["type"] == "CommentAdded"
+        finally:
+            proc.terminate()
+            await proc.wait()
+    bad = await mapstream(
+        env, "watch", plan_id, "--token", "not-a-token", "--url", ws_url(hub_base)
+    )
+    assert bad.returncode == 1 and "stopped: closed with 4001" in bad.stderr, bad.stderr
