@@ -188,6 +188,9 @@ CREATE TABLE IF NOT EXISTS webhook_subscriptions (
     deleted_at           timestamptz
 );
 CREATE INDEX IF NOT EXISTS webhook_subscriptions_org ON webhook_subscriptions (seller_org);
+-- After a secret rotation the previous secret also signs deliveries until its time is up.
+ALTER TABLE webhook_subscriptions ADD COLUMN IF NOT EXISTS previous_secret text;
+ALTER TABLE webhook_subscriptions ADD COLUMN IF NOT EXISTS previous_secret_until timestamptz;
 
 -- The outbox: one row per (plan, subscription, event), written by the outbox projection with
 -- its checkpoint 'webhooks' in the same transaction. `body` is the exact JSON that is signed

@@ -21,7 +21,9 @@ How an event reaches a seller's system:
    and before its row is marked sends it again: delivery is at least once, and the receiver
    drops repeats by the idempotency id `Webhook-Id: <plan_id>:<version>` (also `id` in the body).
 3. Every request is signed: `Mapstream-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of
-   "<t>.<body>" with the subscription's secret>` (`verify_signature` checks one).
+   "<t>.<body>" with the subscription's secret>` (`verify_signature` checks one). After a
+   rotation (`POST /webhooks/{id}/secret`) the previous secret adds a second `v1` until its
+   grace period ends, so a receiver accepts either while it switches.
 
 Payloads carry `changes: [{item_kind, item_id, field, before, after}]`, computed from the plan
 just before and just after the event, so a CRM syncs e.g. the close date (the compelling
@@ -92,6 +94,9 @@ MAX_URL = 2000
 STATUSES = ("pending", "delivered", "parked")
 Status = Literal["pending", "delivered", "parked"]
 _ID = re.compile(r"^wh_[0-9a-f]{16}$")
+# a rotated secret keeps signing (as a second v1) for a day by default, at most a week
+DEFAULT_KEEP_PREVIOUS = 86_400
+MAX_KEEP_PREVIOUS = 7 * 86_400
 _DELIVERY_LOCK = 0x77686F6F6B  # "whook": advisory lock of the one delivery worker
 _encode = msgspec.json.Encoder().encode
 
@@ -104,8 +109,12 @@ def signature(secret: str, timestamp: int, body: bytes) -> str:
     return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
 
 
-def signature_header(secret: str, body: bytes, timestamp: int) -> str:
-    return f"t={timestamp},v1={signature(secret, timestamp, body)}"
+def signature_header(secret: str, body: bytes, timestamp: int, *also: str) -> str:
+    """`t=<unix>,v1=<hex>`, with one more `v1` per secret in `also` (the previous secret while
+    a rotation's grace period lasts: a receiver holding either one verifies)."""
+    return ",".join(
+        [f"t={timestamp}"] + [f"v1={signature(k, timestamp, body)}" for k in (secret, *also)]
+    )
 
 
 def verify_signature(
@@ -335,6 +344,19 @@ class Due(msgspec.Struct, frozen=True):
     attempts: int
     url: str
     secret: str
+    previous_secret: str | None = None  # signs too until its grace period ends
+
+
+class SecretIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """POST /webhooks/{id}/secret: how long the old secret keeps signing too (seconds)."""
+
+    keep_previous_for: int = DEFAULT_KEEP_PREVIOUS
+
+
+class SecretRotated(msgspec.Struct, frozen=True):
+    subscription_id: str
+    secret: str  # shown once, like the first one
+    previous_valid_until: datetime | None  # deliveries carry both signatures until then
 
 
 class DeliveryRow(msgspec.Struct, frozen=True):
@@ -376,7 +398,8 @@ def _subscription(r: asyncpg.Record) -> WebhookOut:
 # the partial index of pending rows): that is what keeps a plan's deliveries in order.
 _DUE = """
 SELECT d.plan_id, d.subscription_id, d.version, d.type, d.body::text AS body, d.attempts,
-       s.url, s.secret
+       s.url, s.secret,
+       CASE WHEN s.previous_secret_until > now() THEN s.previous_secret END AS previous_secret
 FROM (SELECT DISTINCT ON (subscription_id, plan_id)
              plan_id, subscription_id, version, type, body, attempts, next_attempt_at
       FROM webhook_deliveries WHERE status = 'pending'
@@ -481,6 +504,28 @@ class WebhookStore:
             subscription_id,
         )
         return None if row is None else _subscription(row)
+
+    async def rotate_secret(
+        self, subscription_id: str, keep_previous_for: int
+    ) -> SecretRotated | None:
+        """A new secret; the current one keeps signing too for `keep_previous_for` seconds
+        (0: not at all). None if there is no such subscription."""
+        secret = f"whsec_{secrets.token_urlsafe(32)}"
+        row = await self.pool.fetchrow(
+            "UPDATE webhook_subscriptions SET"
+            " previous_secret = CASE WHEN $3 > 0 THEN secret END,"
+            " previous_secret_until = CASE WHEN $3 > 0"
+            "   THEN now() + make_interval(secs => $3) END,"
+            " secret = $2"
+            " WHERE subscription_id = $1 AND deleted_at IS NULL"
+            " RETURNING previous_secret_until",
+            subscription_id,
+            secret,
+            keep_previous_for,
+        )
+        if row is None:
+            return None
+        return SecretRotated(subscription_id, secret, row["previous_secret_until"])
 
     async def delete(self, subscription_id: str) -> bool:
         """Stop the subscription; its rows stay (deleted_at) for the record."""
@@ -604,6 +649,7 @@ class WebhookStore:
                 r["attempts"],
                 r["url"],
                 r["secret"],
+                r["previous_secret"],
             )
             for r in rows
         ]
@@ -820,7 +866,9 @@ class DeliveryWorker:
             "Content-Type": "application/json",
             ID_HEADER: f"{d.plan_id}:{d.version}",
             TIMESTAMP_HEADER: str(now),
-            SIGNATURE_HEADER: signature_header(d.secret, body, now),
+            SIGNATURE_HEADER: signature_header(
+                d.secret, body, now, *([d.previous_secret] if d.previous_secret else [])
+            ),
             EVENT_HEADER: d.type,
             ATTEMPT_HEADER: str(d.attempts + 1),
         }
@@ -896,6 +944,7 @@ class ReplayOut(msgspec.Struct, frozen=True):
 
 
 _WEBHOOK_IN = msgspec.json.Decoder(WebhookIn)
+_SECRET_IN = msgspec.json.Decoder(SecretIn)
 _REPLAY_IN = msgspec.json.Decoder(ReplayIn)
 
 
@@ -1153,6 +1202,26 @@ async def replay_deliveries(request: Request) -> Response:
     return json_response(ReplayOut(sub.subscription_id, n))
 
 
+async def rotate_secret(request: Request) -> Response:
+    """POST /webhooks/{id}/secret {keep_previous_for?}: a new signing secret, shown once."""
+    from server.http import current_user
+
+    user = current_user(request, limit="command")
+    sub = await _managed(request, user)
+    body = await read_body(request, request.app.state.settings.max_body_bytes)
+    ask: SecretIn = decode(body if body.strip() else b"{}", _SECRET_IN)
+    if not 0 <= ask.keep_previous_for <= MAX_KEEP_PREVIOUS:
+        raise Malformed(
+            f"`keep_previous_for` is 0 to {MAX_KEEP_PREVIOUS} seconds (7 days)",
+            field="keep_previous_for",
+        )
+    rotated = await _hooks(request).rotate_secret(sub.subscription_id, ask.keep_previous_for)
+    if rotated is None:
+        raise NotFound(f"no webhook {sub.subscription_id!r} that you can manage")
+    log.info("webhook %s: secret rotated by %s", sub.subscription_id, user)
+    return json_response(rotated)
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route("/webhooks", create_webhook, methods=["POST"]),
@@ -1160,6 +1229,7 @@ def routes() -> list[BaseRoute]:
         Route("/webhooks/{subscription_id}", delete_webhook, methods=["DELETE"]),
         Route("/webhooks/{subscription_id}/deliveries", list_deliveries, methods=["GET"]),
         Route("/webhooks/{subscription_id}/replay", replay_deliveries, methods=["POST"]),
+        Route("/webhooks/{subscription_id}/secret", rotate_secret, methods=["POST"]),
     ]
 
 
@@ -1173,6 +1243,8 @@ def openapi(ref: str) -> tuple[dict[str, Any], dict[str, Any]]:
             DeliveryList,
             ReplayIn,
             ReplayOut,
+            SecretIn,
+            SecretRotated,
             WebhookPayload,
         ],
         ref_template=ref,
@@ -1191,7 +1263,8 @@ def openapi(ref: str) -> tuple[dict[str, Any], dict[str, Any]]:
         "Each delivery is a POST of a WebhookPayload body with headers `Webhook-Id`"
         " (`<plan_id>:<version>`, the idempotency id), `Webhook-Timestamp`, `Mapstream-Event`,"
         " `Mapstream-Attempt` and `Mapstream-Signature: t=<unix>,v1=<hex HMAC-SHA256 of"
-        ' "<t>.<body>">`. A 2xx answer accepts it; anything else is retried with backoff,'
+        ' "<t>.<body>">` (a second `v1`, by the previous secret, while a rotation\'s grace'
+        " period lasts). A 2xx answer accepts it; anything else is retried with backoff,"
         " then parked."
     )
     paths: dict[str, Any] = {
@@ -1258,6 +1331,20 @@ def openapi(ref: str) -> tuple[dict[str, Any], dict[str, Any]]:
                 },
             }
         },
+        "/webhooks/{subscription_id}/secret": {
+            "post": {
+                "summary": "Rotate the signing secret; the old one keeps signing for a while",
+                "description": "The new secret is shown this once. Until `previous_valid_until`"
+                " every delivery carries a signature by each secret, so receivers can switch"
+                " at their own pace; `keep_previous_for: 0` stops the old one at once.",
+                "parameters": [subscription_id],
+                "requestBody": {"required": False, "content": body("SecretIn")},
+                "responses": {
+                    "200": {"description": "the new secret", "content": body("SecretRotated")},
+                    **errors("404 not_found", "413 payload_too_large"),
+                },
+            }
+        },
     }
     return paths, components
 
@@ -1284,6 +1371,18 @@ def register(sub: Any) -> None:
     rp.add_argument("subscription_id")
     rp.add_argument("--plan", help="one plan only")
     rp.add_argument("--version", type=int, help="that one delivery, even if delivered")
+    rs = actions.add_parser(
+        "rotate-secret", help="a new signing secret (printed once); the old one signs too a while"
+    )
+    rs.add_argument("subscription_id")
+    rs.add_argument(
+        "--keep-previous",
+        type=int,
+        default=DEFAULT_KEEP_PREVIOUS,
+        metavar="SECONDS",
+        help=f"how long the old secret signs too (default {DEFAULT_KEEP_PREVIOUS}: a day;"
+        f" 0 to {MAX_KEEP_PREVIOUS})",
+    )
     parser.set_defaults(run=_cli)
 
 
@@ -1333,6 +1432,23 @@ async def run_cli(settings: Settings, args: argparse.Namespace, out: TextIO) -> 
                     f"{_when(d.next_attempt_at)}",
                 }[d.status]
                 print(f"{d.id}  {d.type}  {when}", file=out)
+            return 0
+        if action == "rotate-secret":
+            if not 0 <= args.keep_previous <= MAX_KEEP_PREVIOUS:
+                print(f"--keep-previous is 0 to {MAX_KEEP_PREVIOUS} seconds", file=sys.stderr)
+                return 2
+            rotated = await hooks.rotate_secret(args.subscription_id, args.keep_previous)
+            if rotated is None:
+                print(f"{args.subscription_id}: no such webhook subscription", file=sys.stderr)
+                return 1
+            until = rotated.previous_valid_until
+            print(rotated.secret, file=out)
+            print(
+                "the previous secret no longer signs"
+                if until is None
+                else f"the previous secret signs too until {_when(until)}",
+                file=sys.stderr,
+            )
             return 0
         if args.version is not None and args.plan is None:
             print("--version needs --plan", file=sys.stderr)

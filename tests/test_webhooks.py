@@ -780,3 +780,112 @@ async def test_a_name_that_passed_the_subscription_check_is_refused_when_it_poin
 
             await until(refused, "the delivery was not refused at connect time")
             assert receiver.got == []
+
+
+# -- secret rotation ---------------------------------------------------------------------------
+
+
+async def test_a_rotated_secret_signs_with_the_old_one_until_its_grace_ends(tmp_path: Path):
+    org = f"Adatum {uuid.uuid4().hex[:6]}"
+    admin = "root@ops.example"
+    receiver = Receiver()
+    receiver.down = False  # /down answers 200
+    async with fresh_database(schema=False) as db, serving(receiver) as hooks_url:
+        settings = settings_for(
+            db,
+            tmp_path,
+            admins=frozenset({admin}),
+            webhook_poll=0.05,
+            webhook_allow_private=True,  # the receiver is local
+        )
+        async with (
+            running_app(settings) as url,
+            httpx.AsyncClient(base_url=url, timeout=10) as http,
+        ):
+            r = await http.post(
+                "/plans",
+                json={"title": "Deal", "buyer_org": "B", "seller_org": org, "side": "seller"},
+                headers=auth(SELLER),
+            )
+            assert r.status_code == 201, r.text
+            plan_id = r.json()["plan_id"]
+            r = await http.post(
+                "/webhooks",
+                json={"seller_org": org, "url": f"{hooks_url}/down", "events": ["CommentAdded"]},
+                headers=auth(admin),
+            )
+            assert r.status_code == 201, r.text
+            sub_id, first = r.json()["subscription_id"], r.json()["secret"]
+
+            async def delivered(text: str) -> Received:
+                r = await http.post(
+                    f"/plans/{plan_id}/commands",
+                    json={
+                        "type": "add_comment",
+                        "command_id": uuid.uuid4().hex,
+                        "data": {"item_id": "plan", "text": text},
+                    },
+                    headers=auth(SELLER),
+                )
+                assert r.status_code == 200, r.text
+
+                async def arrived() -> bool:
+                    return any(text in g.body.decode() for g in receiver.got)
+
+                await until(arrived, f"{text!r} was not delivered")
+                return next(g for g in receiver.got if text in g.body.decode())
+
+            def signed_by(got: Received, secret: str) -> bool:
+                return verify_signature(secret, got.headers["mapstream-signature"], got.body)
+
+            one = await delivered("before any rotation")
+            assert signed_by(one, first) and one.headers["mapstream-signature"].count("v1=") == 1
+
+            # bad input changes nothing; only those who manage the webhook may rotate it
+            for bad, field in [
+                ({"keep_previous_for": -1}, "keep_previous_for"),
+                ({"keep_previous_for": 8 * 86_400}, "keep_previous_for"),
+                ({"keep_previous_for": "a day"}, "keep_previous_for"),
+                ({"colour": "red"}, "colour"),
+            ]:
+                r = await http.post(f"/webhooks/{sub_id}/secret", json=bad, headers=auth(admin))
+                assert r.status_code == 400 and r.json()["error"]["field"] == field, r.text
+            r = await http.post(f"/webhooks/{sub_id}/secret", headers=auth(SELLER))
+            assert r.status_code == 404, r.text  # admins only (the default): not theirs to see
+            r = await http.post("/webhooks/wh_0000000000000000/secret", headers=auth(admin))
+            assert r.status_code == 404, r.text
+            assert signed_by(await delivered("nothing rotated yet"), first)
+
+            # rotate: for a day, both secrets sign every delivery
+            r = await http.post(f"/webhooks/{sub_id}/secret", headers=auth(admin))
+            assert r.status_code == 200, r.text
+            second = r.json()["secret"]
+            until_at = datetime.fromisoformat(r.json()["previous_valid_until"])
+            assert second.startswith("whsec_") and second != first
+            assert 86_000 < (until_at - datetime.now(UTC)).total_seconds() <= 86_400
+            both = await delivered("during the grace period")
+            assert signed_by(both, second) and signed_by(both, first)
+            assert both.headers["mapstream-signature"].count("v1=") == 2
+
+            # rotate with no grace: only the newest secret signs
+            r = await http.post(
+                f"/webhooks/{sub_id}/secret", json={"keep_previous_for": 0}, headers=auth(admin)
+            )
+            assert r.status_code == 200 and r.json()["previous_valid_until"] is None, r.text
+            third = r.json()["secret"]
+            last = await delivered("after the grace period")
+            assert signed_by(last, third)
+            assert not signed_by(last, second) and not signed_by(last, first)
+
+            # the CLI rotates too (for operators), printing the new secret once
+            env = cli_env(db, tmp_path)
+            done = await mapstream(
+                env, "webhooks", "rotate-secret", sub_id, "--keep-previous", "60"
+            )
+            assert done.returncode == 0, done.stderr
+            fourth = done.stdout.strip()
+            assert fourth.startswith("whsec_") and "signs too until" in done.stderr
+            cli = await delivered("rotated from the command line")
+            assert signed_by(cli, fourth) and signed_by(cli, third)
+            missing = await mapstream(env, "webhooks", "rotate-secret", "wh_0000000000000000")
+            assert missing.returncode == 1 and "no such webhook" in missing.stderr
