@@ -621,6 +621,11 @@ class WebhookStore:
     async def prune(self, days: float) -> int:
         """Forget deliveries accepted more than `days` ago (0: keep them all). Pending and
         parked ones stay: they are still owed."""
+        # a rotated secret whose grace period is over is forgotten (it no longer signs)
+        await self.pool.execute(
+            "UPDATE webhook_subscriptions SET previous_secret = NULL, previous_secret_until = NULL"
+            " WHERE previous_secret_until <= now()"
+        )
         if days <= 0:
             return 0
         status = await self.pool.execute(
@@ -798,7 +803,9 @@ class DeliveryWorker:
             transport=receiver_transport(self.settings.webhook_allow_private),
             timeout=self.settings.webhook_timeout,
             follow_redirects=False,
-            trust_env=False,  # no HTTP(S)_PROXY: the address checked is the one connected to
+            # no HTTP(S)_PROXY while addresses are checked: the address checked must be the
+            # one connected to (with private addresses allowed, a proxy may stand between)
+            trust_env=self.settings.webhook_allow_private,
             headers={"User-Agent": USER_AGENT},
         ) as client:
             self._client = client
@@ -993,10 +1000,37 @@ async def private_address(url: str) -> str | None:
     except (OSError, UnicodeError):
         return None  # does not resolve: the attempt fails on its own, with the resolver's words
     for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-        if not address.is_global:
-            return str(address)
+        address = str(info[4][0]).split("%", 1)[0]
+        if not is_public(address):
+            return address
     return None
+
+
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits and reach it where they are
+# translated (NAT64, RFC 6052 and 8215), and the deprecated IPv4-compatible form
+_EMBEDS_IPV4 = (
+    ipaddress.IPv6Network("64:ff9b::/96"),
+    ipaddress.IPv6Network("64:ff9b:1::/48"),
+    ipaddress.IPv6Network("::/96"),
+)
+
+
+def is_public(text: str) -> bool:
+    """Whether an address is on the public internet, and so is any IPv4 address it carries
+    (IPv4-mapped, 6to4, Teredo, NAT64): `64:ff9b::a00:5` reaches 10.0.0.5 where NAT64 runs,
+    though `ipaddress` calls it global."""
+    address = ipaddress.ip_address(text)
+    if not address.is_global:
+        return False
+    if isinstance(address, ipaddress.IPv6Address):
+        carried = [address.ipv4_mapped, address.sixtofour, *(address.teredo or ())]
+        if any(address in net for net in _EMBEDS_IPV4):
+            carried.append(ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF))
+        return all(v4 is None or v4.is_global for v4 in carried)
+    return True
+
+
+MAX_ADDRESSES = 4  # of a receiver's host, tried in turn
 
 
 class PublicOnly(httpcore.AsyncNetworkBackend):
@@ -1019,18 +1053,34 @@ class PublicOnly(httpcore.AsyncNetworkBackend):
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         try:
+            # one deadline for the lookup and every address tried: a host with many silent
+            # addresses costs one connect timeout, not one per address
+            async with asyncio.timeout(timeout):
+                return await self._connect(host, port, timeout, local_address, socket_options)
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(f"{host}: no connection within {timeout} s") from None
+
+    async def _connect(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None,
+        local_address: str | None,
+        socket_options: Iterable[Any] | None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
             infos = await asyncio.get_running_loop().getaddrinfo(
                 host, port, type=socket.SOCK_STREAM
             )
         except (OSError, UnicodeError) as exc:
             raise httpcore.ConnectError(f"{host} does not resolve: {exc}") from exc
         addresses = list(dict.fromkeys(str(info[4][0]).split("%", 1)[0] for info in infos))
-        if any(not ipaddress.ip_address(a).is_global for a in addresses):
+        if not all(is_public(a) for a in addresses):
             raise httpcore.ConnectError(
                 f"not sent: {host} resolves to an address of this server's own network"
             )
-        failure: httpcore.ConnectError | None = None
-        for address in addresses:  # the first that answers, as a browser would
+        failures: list[str] = []
+        for address in addresses[:MAX_ADDRESSES]:  # the first that answers, as a browser does
             try:
                 return await self._inner.connect_tcp(
                     address,
@@ -1040,8 +1090,8 @@ class PublicOnly(httpcore.AsyncNetworkBackend):
                     socket_options=socket_options,
                 )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                failure = httpcore.ConnectError(str(exc))
-        raise failure or httpcore.ConnectError(f"{host} has no address")
+                failures.append(f"{address}: {str(exc) or type(exc).__name__}")
+        raise httpcore.ConnectError("; ".join(failures) or f"{host} has no address")
 
     async def connect_unix_socket(
         self,
@@ -1057,8 +1107,9 @@ class PublicOnly(httpcore.AsyncNetworkBackend):
 
 def receiver_transport(allow_private: bool) -> httpx.AsyncHTTPTransport:
     """The transport webhook deliveries go through: connections only to public addresses,
-    checked at connect time (`PublicOnly`), unless MAPSTREAM_WEBHOOK_ALLOW_PRIVATE=1."""
-    transport = httpx.AsyncHTTPTransport(trust_env=False)
+    checked at connect time (`PublicOnly`), unless MAPSTREAM_WEBHOOK_ALLOW_PRIVATE=1. Either
+    way TLS trusts SSL_CERT_FILE / SSL_CERT_DIR when they are set (a private CA)."""
+    transport = httpx.AsyncHTTPTransport(trust_env=True)
     if allow_private:
         return transport
     # httpx has no resolver hook: its transport converts requests for an httpcore pool, and
@@ -1068,7 +1119,7 @@ def receiver_transport(allow_private: bool) -> httpx.AsyncHTTPTransport:
         raise RuntimeError("httpx.AsyncHTTPTransport changed: webhooks cannot guard addresses")
     limits = httpx.Limits()
     transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(trust_env=False),
+        ssl_context=httpx.create_ssl_context(trust_env=True),
         max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections,
         keepalive_expiry=limits.keepalive_expiry,

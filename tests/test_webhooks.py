@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import socket
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpcore
 import httpx
 import msgspec
 import pytest
@@ -37,12 +40,15 @@ from server.database import apply_schema
 from server.plans import PlanService
 from server.store import Store
 from server.webhooks import (
+    MAX_ADDRESSES,
     DeliveryWorker,
     OutboxProjection,
     OutboxTable,
+    PublicOnly,
     WebhookStore,
     backoff,
     changes_between,
+    is_public,
     receiver_transport,
     signature_header,
     verify_signature,
@@ -889,3 +895,66 @@ async def test_a_rotated_secret_signs_with_the_old_one_until_its_grace_ends(tmp_
             assert signed_by(cli, fourth) and signed_by(cli, third)
             missing = await mapstream(env, "webhooks", "rotate-secret", "wh_0000000000000000")
             assert missing.returncode == 1 and "no such webhook" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("93.184.216.34", True),
+        ("2606:2800:220:1:248:1893:25c8:1946", True),
+        ("64:ff9b::808:808", True),  # 8.8.8.8 through NAT64
+        ("2002:5db8:d822::1", True),  # 6to4 of 93.184.216.34
+        ("127.0.0.1", False),
+        ("10.0.0.5", False),
+        ("100.64.0.1", False),
+        ("169.254.169.254", False),  # cloud metadata
+        ("0.0.0.0", False),
+        ("::1", False),
+        ("fe80::1", False),
+        ("fc00::1", False),
+        ("::ffff:127.0.0.1", False),  # IPv4-mapped
+        ("64:ff9b::a00:5", False),  # NAT64 of 10.0.0.5: `ipaddress` alone calls it global
+        ("2002:7f00:1::1", False),  # 6to4 of 127.0.0.1
+        ("::127.0.0.1", False),  # IPv4-compatible
+    ],
+)
+def test_is_public_looks_inside_ipv6_addresses_that_carry_ipv4(address: str, public: bool):
+    assert is_public(address) is public
+
+
+async def test_a_host_with_many_silent_addresses_costs_one_connect_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """The lookup and every address share one deadline; at most MAX_ADDRESSES are tried, and
+    each failure is named in the error."""
+    addresses = [f"93.184.216.{n}" for n in range(16)]
+
+    async def resolve(host: str, port: int, **_: Any) -> list[Any]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses]
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", resolve)
+    tried: list[str] = []
+
+    class Silent:
+        async def connect_tcp(self, host: str, port: int, **_: Any) -> Any:
+            tried.append(host)
+            await asyncio.sleep(3600)
+
+    class Refusing:
+        async def connect_tcp(self, host: str, port: int, **_: Any) -> Any:
+            tried.append(host)
+            raise httpcore.ConnectError("connection refused")
+
+    backend = PublicOnly()
+    backend._inner = Silent()  # type: ignore[assignment]
+    started = time.monotonic()
+    with pytest.raises(httpcore.ConnectTimeout, match=r"many\.example"):
+        await backend.connect_tcp("many.example", 443, timeout=0.3)
+    assert time.monotonic() - started < 2.0 and tried == addresses[:1]
+
+    tried.clear()
+    backend._inner = Refusing()  # type: ignore[assignment]
+    with pytest.raises(httpcore.ConnectError) as refused:
+        await backend.connect_tcp("many.example", 443, timeout=5)
+    assert tried == addresses[:MAX_ADDRESSES]
+    assert str(refused.value).count("connection refused") == MAX_ADDRESSES
