@@ -958,3 +958,28 @@ async def test_a_host_with_many_silent_addresses_costs_one_connect_timeout(
         await backend.connect_tcp("many.example", 443, timeout=5)
     assert tried == addresses[:MAX_ADDRESSES]
     assert str(refused.value).count("connection refused") == MAX_ADDRESSES
+
+
+async def test_the_prune_forgets_a_previous_secret_once_its_grace_is_over():
+    async with fresh_database() as db:
+        pool = await asyncpg.create_pool(db, min_size=1, max_size=2)
+        assert pool is not None
+        try:
+            hooks = WebhookStore(pool)
+            sub = await hooks.create("Adatum", "https://hooks.example.com/in", ["*"], "", "a@b.c")
+            short = await hooks.rotate_secret(sub.subscription_id, 1)
+            long = await hooks.create("Adatum", "https://hooks.example.com/2", ["*"], "", "a@b.c")
+            await hooks.rotate_secret(long.subscription_id, 3600)
+            assert short is not None and short.previous_valid_until is not None
+            await asyncio.sleep(1.2)
+            await hooks.prune(0)  # also when delivered rows are kept forever
+            rows = await pool.fetch(
+                "SELECT subscription_id, previous_secret IS NULL AS gone"
+                " FROM webhook_subscriptions ORDER BY created_at"
+            )
+            assert [(r["subscription_id"], r["gone"]) for r in rows] == [
+                (sub.subscription_id, True),
+                (long.subscription_id, False),
+            ]
+        finally:
+            await pool.close()
