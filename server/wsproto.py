@@ -76,6 +76,11 @@ class DirectFrames:
             await p.writable.wait()
 
 
+# What DirectFrames reads of uvicorn's protocol: if an upgrade renames any of it, sockets keep
+# the ASGI path (slower, still correct) instead of failing mid-delivery
+_NEEDED = ("transport", "writable", "close_sent", "disconnected", "conn")
+
+
 class MapstreamWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's `websockets-sansio` protocol that offers `DirectFrames` to the app."""
 
@@ -83,7 +88,11 @@ class MapstreamWebSocketProtocol(WebSocketsSansIOProtocol):
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
         # the app's task is only scheduled: it sees the extension when it starts
-        if scope is not None and not self.conn.extensions:
+        if (
+            scope is not None
+            and all(hasattr(self, name) for name in _NEEDED)
+            and not self.conn.extensions
+        ):
             scope["extensions"][EXTENSION] = DirectFrames(self)
 
 

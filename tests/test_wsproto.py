@@ -141,3 +141,22 @@ async def test_a_paused_reader_gets_everything_in_order_through_the_queue(
                 for n in range(150):
                     await comment(http, plan_id, n)
             assert await reader == list(range(live["version"] + 1, last + 151))
+
+
+async def test_without_what_it_needs_of_uvicorn_a_socket_keeps_the_asgi_path(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """An uvicorn that renamed what DirectFrames reads: sockets still work, the slower way."""
+    import server.wsproto
+
+    monkeypatch.setattr(server.wsproto, "_NEEDED", ("writable", "renamed_in_a_future_uvicorn"))
+    async with serving(settings_for(database_url, tmp_path)) as (app, base):
+        plan_id = await new_plan(base)
+        async with connect(ws_url(base)) as ws:
+            await ws.send(json.dumps({"op": "auth", "token": token(BUYER)}))
+            await ws.send(json.dumps({"op": "subscribe", "plan_id": plan_id}))
+            await recv_until(ws, "live")
+            assert await _outboxes(app, 1) == [None]
+            async with httpx.AsyncClient(base_url=base) as http:
+                version = await comment(http, plan_id, 1)
+            assert (await recv_until(ws, "event"))["event"]["version"] == version
