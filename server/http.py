@@ -54,10 +54,14 @@ def current_user(request: Request, *, limit: str = "read") -> str:
 
 async def org_access(request: Request, user: str, org: str, *, members: bool = True) -> bool:
     """Whether `user` may see a seller organisation's portfolio: admins, and (with `members`)
-    the seller-side members of at least one of its plans (GET /analytics, webhooks)."""
-    if user in request.app.state.settings.admins:
+    the seller-side members of at least one of its plans (GET /analytics, webhooks); for a
+    verified organisation (MAPSTREAM_ORGS) only members at one of its email domains."""
+    settings = request.app.state.settings
+    if user in settings.admins:
         return True
-    return members and bool(await request.app.state.store.is_seller_member(org, user))
+    if not members or not settings.orgs.speaks_for(user, org):
+        return False
+    return bool(await request.app.state.store.is_seller_member(org, user))
 
 
 async def plan_for_member(

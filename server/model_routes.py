@@ -117,7 +117,7 @@ async def get_analytics(request: Request) -> Response:
     runner = getattr(request.app.state, "projections", {}).get("analytics")
     if runner is not None:
         runner.wake()  # the figures follow the log within moments; no waiting here
-    rows = await store.read_analytics(org)
+    rows = await store.read_analytics(org, request.app.state.settings.orgs.domains.get(org))
     report = await asyncio.to_thread(portfolio, org, rows, services(request).clock())
     return json_response(report)
 

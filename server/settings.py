@@ -8,6 +8,8 @@ from pathlib import Path
 
 import msgspec
 
+from domain.orgs import Organisations, parse_orgs
+
 
 class Settings(msgspec.Struct, frozen=True):
     database_url: str | None = None
@@ -18,6 +20,7 @@ class Settings(msgspec.Struct, frozen=True):
     max_body_bytes: int = 256 * 1024
     token_ttl_seconds: int = 7 * 24 * 3600
     admins: frozenset[str] = frozenset()
+    orgs: Organisations = msgspec.field(default_factory=Organisations)
     pool_min: int = 2
     pool_max: int = 20
     idle_in_transaction_ms: int = 10_000
@@ -88,6 +91,7 @@ def load_settings(**overrides: object) -> Settings:
         "admins": frozenset(
             a.strip().lower() for a in env.get("MAPSTREAM_ADMINS", "").split(",") if a.strip()
         ),
+        "orgs": parse_orgs(env.get("MAPSTREAM_ORGS", "")),
         "pool_max": int(env.get("MAPSTREAM_POOL_MAX", "20")),
         "log_level": env.get("MAPSTREAM_LOG_LEVEL", "info"),
         "ws_queue_limit": int(env.get("MAPSTREAM_WS_QUEUE", "1024")),

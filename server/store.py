@@ -595,12 +595,24 @@ class Store:
             clear=[("DELETE FROM analytics_plans", ())],
         )
 
-    async def read_analytics(self, seller_org: str) -> list[PlanFigures]:
-        """The analytics rows of one seller organisation's plans."""
-        rows = await self.pool.fetch(
-            "SELECT figures::text AS figures FROM analytics_plans WHERE seller_org = $1",
-            seller_org,
-        )
+    async def read_analytics(
+        self, seller_org: str, domains: frozenset[str] | None = None
+    ) -> list[PlanFigures]:
+        """The analytics rows of one seller organisation's plans; with `domains` (a verified
+        organisation) only plans with a seller-side member at one of them."""
+        if domains is None:
+            rows = await self.pool.fetch(
+                "SELECT figures::text AS figures FROM analytics_plans WHERE seller_org = $1",
+                seller_org,
+            )
+        else:
+            rows = await self.pool.fetch(
+                "SELECT figures::text AS figures FROM analytics_plans WHERE seller_org = $1"
+                " AND EXISTS (SELECT 1 FROM unnest(seller_members) AS m(email)"
+                "             WHERE lower(split_part(m.email, '@', 2)) = ANY($2::text[]))",
+                seller_org,
+                sorted(domains),
+            )
         return [_figures_decoder.decode(r["figures"]) for r in rows]
 
     async def is_seller_member(self, seller_org: str, email: str) -> bool:

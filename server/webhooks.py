@@ -63,6 +63,7 @@ from starlette.routing import BaseRoute, Route
 from domain.decider import EVENT_TYPES, evolve
 from domain.errors import DomainError, Forbidden, Malformed, NotFound
 from domain.model import CompellingEvent, Plan
+from domain.orgs import Organisations
 from domain.rules import MAX_TITLE
 from domain.visibility import view_for
 from projections.diff import ITEM_FIELDS
@@ -703,9 +704,11 @@ class OutboxProjection:
         load: Loader,
         targets: Callable[[], Awaitable[list[Target]]],
         capacity: int = 1024,
+        orgs: Organisations | None = None,
     ) -> None:
         self.states = PlanStates(load, capacity)
         self._targets = targets
+        self.orgs = orgs or Organisations()
 
     async def project(self, events: Sequence[LogEvent]) -> list[DeliveryRow]:
         # read after the batch: see the module docstring for why that order matters
@@ -727,7 +730,9 @@ class OutboxProjection:
             self.states.advance(after)
             if e.audience == "buyer":
                 continue  # the buyer's internal item: never sent to the seller's systems
-            orgs = {before.seller_org, after.seller_org}
+            # the organisations whose plan this is, before or after the event (a verified one
+            # only while a seller-side member speaks for it: see domain/orgs.py)
+            orgs = {p.seller_org for p in (before, after) if self.orgs.owns(p, p.seller_org)}
             common: WebhookPayload | None = None
             for t in targets:
                 if t.wants(e, orgs):
@@ -1527,7 +1532,7 @@ def start(app: Starlette) -> list[asyncio.Task[None]]:
     hooks = WebhookStore(store.pool)
     worker = DeliveryWorker(hooks, settings)
     runner: ProjectionRunner[DeliveryRow] = ProjectionRunner(
-        OutboxProjection(app.state.plans.at_version, hooks.targets),
+        OutboxProjection(app.state.plans.at_version, hooks.targets, orgs=settings.orgs),
         OutboxTable(store.pool, worker.wake),
         store,
     )
