@@ -111,23 +111,17 @@ def settings_for(database_url: str, tmp: Path, **overrides: Any) -> Settings:
 
 
 @asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[tuple[Starlette, str]]:
-    """The app under a real uvicorn on a free port, in this process: (app, base URL)."""
+async def asgi_server(app: Any, **options: Any) -> AsyncIterator[uvicorn.Server]:
+    """`app` under a real uvicorn on a free 127.0.0.1 port, in this process; `options` go to
+    uvicorn.Config. Yields the server (its port: `server.config.port`)."""
     # bind here and hand the socket over: no window in which another process takes the port
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = int(sock.getsockname()[1])
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        **uvicorn_ws_options(settings.ws_deflate),
-        lifespan="on",
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, **options)
     )
-    server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():
@@ -135,13 +129,21 @@ async def serving(settings: Settings) -> AsyncIterator[tuple[Starlette, str]]:
             raise RuntimeError("server did not start")
         await asyncio.sleep(0.02)
     try:
-        yield app, f"http://127.0.0.1:{port}"
+        yield server
     finally:
         server.should_exit = True
         try:
             await asyncio.wait_for(task, 15)
         finally:
             sock.close()
+
+
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[tuple[Starlette, str]]:
+    """The app under a real uvicorn on a free port, in this process: (app, base URL)."""
+    app = create_app(settings)
+    async with asgi_server(app, lifespan="on", **uvicorn_ws_options(settings.ws_deflate)) as server:
+        yield app, f"http://127.0.0.1:{server.config.port}"
 
 
 @asynccontextmanager

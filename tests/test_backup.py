@@ -11,7 +11,6 @@ import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +18,6 @@ import asyncpg
 import httpx
 import msgspec
 import pytest
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from domain.comments import AddComment
 from domain.errors import Malformed
@@ -38,13 +32,13 @@ from tests.support import (
     cli_env,
     create_database,
     drop_database,
-    free_port,
     fresh_database,
     mapstream,
     running_app,
     settings_for,
     with_database,
 )
+from tests.test_webhooks import Receiver, serving
 
 SELLER = "sam.seller@northwind.example"
 BUYER = "ramesh.iyer@contoso.example"
@@ -470,30 +464,6 @@ async def test_a_backup_restores_into_the_other_postgresql_major_version(
 # -- webhook subscriptions in a new cluster ----------------------------------------------------
 
 
-@asynccontextmanager
-async def receiving(got: list[dict[str, Any]]) -> AsyncIterator[str]:
-    """A local webhook receiver that answers 200 and keeps every body. Yields its base URL."""
-
-    async def hook(request: Request) -> Response:
-        got.append(json.loads(await request.body()))
-        return Response(b"ok")
-
-    app = Starlette(routes=[Route("/hook", hook, methods=["POST"])])
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_config=None, lifespan="off")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{server.config.port}/hook"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-
-
 async def test_a_restored_webhook_subscription_gets_the_events_of_the_new_cluster(
     tmp_path: Path,
 ):
@@ -501,10 +471,11 @@ async def test_a_restored_webhook_subscription_gets_the_events_of_the_new_cluste
     subscription's created_snapshot is edited to say so): the restored subscription still
     owes every event appended after the restore, and the one the outbox had not applied when
     the backup was taken, and is not sent again what it had been sent."""
-    got: list[dict[str, Any]] = []
+    receiver = Receiver()
+    receiver.down = False  # every route answers 200
 
     def comments() -> list[str]:
-        return [g["data"]["text"] for g in got]
+        return [g.json()["data"]["text"] for g in receiver.got]
 
     async def until(text: str) -> None:
         async with asyncio.timeout(15):
@@ -523,7 +494,8 @@ async def test_a_restored_webhook_subscription_gets_the_events_of_the_new_cluste
         )
 
     async with fresh_database(schema=False) as src, fresh_database(schema=False) as dst:
-        async with receiving(got) as hook_url:
+        async with serving(receiver) as receiver_url:
+            hook_url = f"{receiver_url}/hook"
             async with (
                 running_app(hooked(src)) as base,
                 httpx.AsyncClient(base_url=base, timeout=10) as http,

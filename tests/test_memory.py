@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.asyncio.client import connect
 
 from server import memory
 from server.wsproto import uvicorn_ws_options
-from tests.support import free_port
+from tests.support import asgi_server
 
 
 @contextmanager
@@ -94,22 +93,10 @@ async def _echo_until_closed(scope: Any, receive: Any, send: Any) -> None:
 @pytest.mark.parametrize("abrupt", [True, False])
 async def test_a_cut_websocket_leaves_no_cycle_behind(abrupt: bool):
     assert memory.release_websocket_parser()
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            _echo_until_closed,
-            host="127.0.0.1",
-            port=port,
-            log_config=None,
-            lifespan="off",
-            **uvicorn_ws_options(deflate=False),
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(10):
-            while not server.started:
-                await asyncio.sleep(0.01)
+    async with asgi_server(
+        _echo_until_closed, lifespan="off", **uvicorn_ws_options(deflate=False)
+    ) as server:
+        port = server.config.port
         with no_cyclic_gc():
             ws = await connect(f"ws://127.0.0.1:{port}/")
             (protocol,) = server.server_state.connections
@@ -125,9 +112,6 @@ async def test_a_cut_websocket_leaves_no_cycle_behind(abrupt: bool):
                     await asyncio.sleep(0.01)
                 while parser() is not None:  # freed by reference counting alone
                     await asyncio.sleep(0.01)
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 15)
 
 
 # What asyncio's selector transport does at every read: sock.recv(256 KiB), a bytes object

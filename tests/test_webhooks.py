@@ -24,7 +24,6 @@ import httpcore
 import httpx
 import msgspec
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -54,9 +53,9 @@ from server.webhooks import (
     verify_signature,
 )
 from tests.support import (
+    asgi_server,
     auth,
     cli_env,
-    free_port,
     fresh_database,
     mapstream,
     running_app,
@@ -164,22 +163,8 @@ class Receiver:
 @asynccontextmanager
 async def serving(receiver: Receiver) -> AsyncIterator[str]:
     app = Starlette(routes=[Route("/{route}", receiver.hook, methods=["POST"])])
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off"
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
+    async with asgi_server(app, access_log=False, lifespan="off") as server:
+        yield f"http://127.0.0.1:{server.config.port}"
 
 
 async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 15.0) -> None:
