@@ -8,9 +8,7 @@ own people (by email domain) may. An organisation not listed keeps the free-text
 from __future__ import annotations
 
 import asyncio
-import uuid
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -19,7 +17,7 @@ from domain.model import Member, Plan
 from domain.orgs import Organisations, parse_orgs
 from server.settings import load_settings
 from tests.support import auth, fresh_database, running_app, settings_for
-from tests.test_webhooks import Receiver, serving, until
+from tests.test_webhooks import Receiver, command, new_plan, serving, until
 
 SAM = "sam@northwind.example"  # Northwind's own seller
 SUE = "sue@NorthWind.COM"  # Northwind's too: its second domain, any case
@@ -100,32 +98,9 @@ async def test_a_stranger_naming_a_verified_organisation_reaches_neither_its_ana
             running_app(settings) as url,
             httpx.AsyncClient(base_url=url, timeout=10) as http,
         ):
-
-            async def new_plan(who: str, seller_org: str) -> str:
-                r = await http.post(
-                    "/plans",
-                    json={
-                        "title": "Deal",
-                        "buyer_org": "Contoso",
-                        "seller_org": seller_org,
-                        "side": "seller",
-                    },
-                    headers=auth(who),
-                )
-                assert r.status_code == 201, r.text
-                return str(r.json()["plan_id"])
-
-            async def command(who: str, plan_id: str, kind: str, **data: Any) -> None:
-                r = await http.post(
-                    f"/plans/{plan_id}/commands",
-                    json={"type": kind, "command_id": uuid.uuid4().hex, "data": data},
-                    headers=auth(who),
-                )
-                assert r.status_code == 200, r.text
-
-            ours = await new_plan(SAM, "Northwind")
-            theirs = await new_plan(EVE, "Northwind")  # naming it is allowed; it proves nothing
-            elsewhere = await new_plan(EVE, "Fabrikam")  # not verified: the free-text rule
+            ours = await new_plan(http, "Northwind", SAM)
+            theirs = await new_plan(http, "Northwind", EVE)  # naming it proves nothing
+            elsewhere = await new_plan(http, "Fabrikam", EVE)  # not verified: free text
 
             async def analytics(who: str, org: str) -> httpx.Response:
                 return await http.get("/analytics", params={"seller_org": org}, headers=auth(who))
@@ -149,8 +124,10 @@ async def test_a_stranger_naming_a_verified_organisation_reaches_neither_its_ana
                 headers=auth(SAM),
             )
             assert r.status_code == 201, r.text
-            await command(EVE, theirs, "add_comment", item_id="plan", text="from the stranger")
-            await command(SAM, ours, "add_comment", item_id="plan", text="from Northwind")
+            await command(
+                http, theirs, "add_comment", EVE, item_id="plan", text="from the stranger"
+            )
+            await command(http, ours, "add_comment", SAM, item_id="plan", text="from Northwind")
 
             def texts() -> list[str]:
                 return [g.json()["data"].get("text", "") for g in receiver.got]
@@ -160,8 +137,8 @@ async def test_a_stranger_naming_a_verified_organisation_reaches_neither_its_ana
 
             await until(ours_arrived, "Northwind's own event was not delivered")
             # the stranger's plan joins Northwind's once a Northwind seller is on its seller side
-            await command(EVE, theirs, "add_member", email=SUE, side="seller", role="editor")
-            await command(EVE, theirs, "add_comment", item_id="plan", text="with Sue aboard")
+            await command(http, theirs, "add_member", EVE, email=SUE, side="seller", role="editor")
+            await command(http, theirs, "add_comment", EVE, item_id="plan", text="with Sue aboard")
 
             async def joined() -> bool:
                 return "with Sue aboard" in texts()

@@ -174,6 +174,29 @@ async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float 
     assert await check(), what
 
 
+async def new_plan(
+    http: httpx.AsyncClient, seller_org: str, who: str = SELLER, **fields: Any
+) -> str:
+    """A plan `who` creates on the seller side, naming `seller_org`: its id."""
+    body = {"title": "Deal", "buyer_org": "B", "seller_org": seller_org, "side": "seller"}
+    r = await http.post("/plans", json={**body, **fields}, headers=auth(who))
+    assert r.status_code == 201, r.text
+    return str(r.json()["plan_id"])
+
+
+async def command(
+    http: httpx.AsyncClient, plan_id: str, kind: str, who: str = SELLER, **data: Any
+) -> int:
+    """A command `who` sends over HTTP, accepted: the plan's new version."""
+    r = await http.post(
+        f"/plans/{plan_id}/commands",
+        json={"type": kind, "command_id": uuid.uuid4().hex, "data": data},
+        headers=auth(who),
+    )
+    assert r.status_code == 200, r.text
+    return int(r.json()["version"])
+
+
 # -- end to end ------------------------------------------------------------------------------
 
 
@@ -197,33 +220,17 @@ async def test_a_receiver_that_fails_twice_gets_each_event_once_in_order_signed(
             running_app(settings) as url,
             httpx.AsyncClient(base_url=url, timeout=10) as http,
         ):
-
-            async def command(plan: str, kind: str, who: str = SELLER, **data: Any) -> int:
-                r = await http.post(
-                    f"/plans/{plan}/commands",
-                    json={"type": kind, "command_id": uuid.uuid4().hex, "data": data},
-                    headers=auth(who),
+            a, b = [
+                await new_plan(
+                    http,
+                    org,
+                    title=f"Plan {name}",
+                    buyer_org="Contoso",
+                    compelling_event={"name": "Go-live", "date": "2027-09-30"},
                 )
-                assert r.status_code == 200, r.text
-                return int(r.json()["version"])
-
-            plans = {}
-            for name in ("a", "b"):
-                r = await http.post(
-                    "/plans",
-                    json={
-                        "title": f"Plan {name}",
-                        "buyer_org": "Contoso",
-                        "seller_org": org,
-                        "side": "seller",
-                        "compelling_event": {"name": "Go-live", "date": "2027-09-30"},
-                    },
-                    headers=auth(SELLER),
-                )
-                assert r.status_code == 201, r.text
-                plans[name] = r.json()["plan_id"]
-            a, b = plans["a"], plans["b"]
-            await command(b, "add_member", email=BUYER, side="buyer", role="editor")
+                for name in ("a", "b")
+            ]
+            await command(http, b, "add_member", email=BUYER, side="buyer", role="editor")
 
             async def seller_may_manage() -> bool:
                 r = await http.get("/webhooks", params={"seller_org": org}, headers=auth(SELLER))
@@ -285,12 +292,15 @@ async def test_a_receiver_that_fails_twice_gets_each_event_once_in_order_signed(
                 p: (await http.get(f"/plans/{p}", headers=auth(SELLER))).json()["version"]
                 for p in (a, b)
             }
-            await command(a, "add_milestone", id="legal", title="Legal review", due="2027-08-01")
-            await command(b, "add_milestone", id="kickoff", title="Kickoff")
+            await command(
+                http, a, "add_milestone", id="legal", title="Legal review", due="2027-08-01"
+            )
+            await command(http, b, "add_milestone", id="kickoff", title="Kickoff")
             close_date_v = await command(
-                a, "set_compelling_event", name="Go-live", date="2027-10-15"
+                http, a, "set_compelling_event", name="Go-live", date="2027-10-15"
             )
             await command(
+                http,
                 b,
                 "add_action_item",
                 id="discount",
@@ -299,6 +309,7 @@ async def test_a_receiver_that_fails_twice_gets_each_event_once_in_order_signed(
                 visibility="internal",
             )
             budget_v = await command(
+                http,
                 b,
                 "add_action_item",
                 who=BUYER,
@@ -308,9 +319,9 @@ async def test_a_receiver_that_fails_twice_gets_each_event_once_in_order_signed(
                 visibility="internal",
             )
             slip_v = await command(
-                a, "reschedule_milestone", id="legal", due="2027-08-15", reason="Counsel away"
+                http, a, "reschedule_milestone", id="legal", due="2027-08-15", reason="Counsel away"
             )
-            await command(b, "set_action_item_status", id="discount", status="in_progress")
+            await command(http, b, "set_action_item_status", id="discount", status="in_progress")
             last = {
                 p: (await http.get(f"/plans/{p}", headers=auth(SELLER))).json()["version"]
                 for p in (a, b)
@@ -664,12 +675,7 @@ async def test_by_default_only_admins_subscribe_and_only_to_public_addresses(
         httpx.AsyncClient(base_url=url, timeout=10) as http,
     ):
         org = f"Fabrikam {uuid.uuid4().hex[:6]}"
-        r = await http.post(
-            "/plans",
-            json={"title": "Deal", "buyer_org": "B", "seller_org": org, "side": "seller"},
-            headers=auth(SELLER),
-        )
-        assert r.status_code == 201
+        await new_plan(http, org)
         sub_in = {"seller_org": org, "url": "https://hooks.example.com/in", "events": ["*"]}
         # a seller of one plan would otherwise receive every plan of the organisation
         r = await http.post("/webhooks", json=sub_in, headers=auth(SELLER))
@@ -735,13 +741,7 @@ async def test_a_name_that_passed_the_subscription_check_is_refused_when_it_poin
             running_app(settings) as url,
             httpx.AsyncClient(base_url=url, timeout=10) as http,
         ):
-            r = await http.post(
-                "/plans",
-                json={"title": "Deal", "buyer_org": "B", "seller_org": org, "side": "seller"},
-                headers=auth(SELLER),
-            )
-            assert r.status_code == 201, r.text
-            plan_id = r.json()["plan_id"]
+            plan_id = await new_plan(http, org)
             r = await http.post(
                 "/webhooks",
                 json={"seller_org": org, "url": f"http://localhost:{port}/down", "events": ["*"]},
@@ -749,16 +749,7 @@ async def test_a_name_that_passed_the_subscription_check_is_refused_when_it_poin
             )
             assert r.status_code == 201, r.text  # the (simulated) check said public
             sub_id = r.json()["subscription_id"]
-            r = await http.post(
-                f"/plans/{plan_id}/commands",
-                json={
-                    "type": "add_comment",
-                    "command_id": uuid.uuid4().hex,
-                    "data": {"item_id": "plan", "text": "hello"},
-                },
-                headers=auth(SELLER),
-            )
-            assert r.status_code == 200, r.text
+            await command(http, plan_id, "add_comment", item_id="plan", text="hello")
 
             async def refused() -> bool:
                 r = await http.get(
@@ -793,13 +784,7 @@ async def test_a_rotated_secret_signs_with_the_old_one_until_its_grace_ends(tmp_
             running_app(settings) as url,
             httpx.AsyncClient(base_url=url, timeout=10) as http,
         ):
-            r = await http.post(
-                "/plans",
-                json={"title": "Deal", "buyer_org": "B", "seller_org": org, "side": "seller"},
-                headers=auth(SELLER),
-            )
-            assert r.status_code == 201, r.text
-            plan_id = r.json()["plan_id"]
+            plan_id = await new_plan(http, org)
             r = await http.post(
                 "/webhooks",
                 json={"seller_org": org, "url": f"{hooks_url}/down", "events": ["CommentAdded"]},
@@ -809,16 +794,7 @@ async def test_a_rotated_secret_signs_with_the_old_one_until_its_grace_ends(tmp_
             sub_id, first = r.json()["subscription_id"], r.json()["secret"]
 
             async def delivered(text: str) -> Received:
-                r = await http.post(
-                    f"/plans/{plan_id}/commands",
-                    json={
-                        "type": "add_comment",
-                        "command_id": uuid.uuid4().hex,
-                        "data": {"item_id": "plan", "text": text},
-                    },
-                    headers=auth(SELLER),
-                )
-                assert r.status_code == 200, r.text
+                await command(http, plan_id, "add_comment", item_id="plan", text=text)
 
                 async def arrived() -> bool:
                     return any(text in g.body.decode() for g in receiver.got)
