@@ -993,22 +993,25 @@ async def private_address(url: str) -> str | None:
     """The first address `url`'s host resolves to that is not on the public internet
     (loopback, private, link-local: the server's own network), or None.
 
-    Checked when a subscription is made and again before every attempt, so a webhook cannot
-    be used to make this server call into its own network (MAPSTREAM_WEBHOOK_ALLOW_PRIVATE=1
-    lifts it, e.g. for a receiver on the same host)."""
+    Checked when a subscription is made, for a clear answer; every attempt is checked again
+    where it connects (`PublicOnly`), so a webhook cannot be used to make this server call
+    into its own network (MAPSTREAM_WEBHOOK_ALLOW_PRIVATE=1 lifts both, e.g. for a receiver
+    on the same host)."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            host, parts.port or (443 if parts.scheme == "https" else 80)
+        addresses = await host_addresses(
+            parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
         )
     except (OSError, UnicodeError):
         return None  # does not resolve: the attempt fails on its own, with the resolver's words
-    for info in infos:
-        address = str(info[4][0]).split("%", 1)[0]
-        if not is_public(address):
-            return address
-    return None
+    return next((a for a in addresses if not is_public(a)), None)
+
+
+async def host_addresses(host: str, port: int) -> list[str]:
+    """The distinct addresses `host` resolves to, in the resolver's order (IPv6 zone ids
+    dropped); OSError or UnicodeError when it does not resolve."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]).split("%", 1)[0] for info in infos))
 
 
 # IPv6 prefixes that carry an IPv4 address in their last 32 bits and reach it where they are
@@ -1074,12 +1077,9 @@ class PublicOnly(httpcore.AsyncNetworkBackend):
         socket_options: Iterable[Any] | None,
     ) -> httpcore.AsyncNetworkStream:
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, port, type=socket.SOCK_STREAM
-            )
+            addresses = await host_addresses(host, port)
         except (OSError, UnicodeError) as exc:
             raise httpcore.ConnectError(f"{host} does not resolve: {exc}") from exc
-        addresses = list(dict.fromkeys(str(info[4][0]).split("%", 1)[0] for info in infos))
         if not all(is_public(a) for a in addresses):
             raise httpcore.ConnectError(
                 f"not sent: {host} resolves to an address of this server's own network"
@@ -1239,14 +1239,19 @@ async def list_deliveries(request: Request) -> Response:
     return json_response(DeliveryList(sub.subscription_id, rows))
 
 
+async def _optional_body(request: Request, decoder: msgspec.json.Decoder[Any]) -> Any:
+    """The request's JSON body decoded; no body means `{}` (every field has a default)."""
+    body = await read_body(request, request.app.state.settings.max_body_bytes)
+    return decode(body if body.strip() else b"{}", decoder)
+
+
 async def replay_deliveries(request: Request) -> Response:
     """POST /webhooks/{id}/replay {plan_id?, version?}: send parked deliveries again."""
     from server.http import current_user
 
     user = current_user(request, limit="command")
     sub = await _managed(request, user)
-    body = await read_body(request, request.app.state.settings.max_body_bytes)
-    ask: ReplayIn = decode(body if body.strip() else b"{}", _REPLAY_IN)
+    ask: ReplayIn = await _optional_body(request, _REPLAY_IN)
     if ask.plan_id is not None:
         check_plan_id(ask.plan_id)
     if ask.version is not None and (ask.plan_id is None or not 1 <= ask.version < 2**31):
@@ -1264,8 +1269,7 @@ async def rotate_secret(request: Request) -> Response:
 
     user = current_user(request, limit="command")
     sub = await _managed(request, user)
-    body = await read_body(request, request.app.state.settings.max_body_bytes)
-    ask: SecretIn = decode(body if body.strip() else b"{}", _SECRET_IN)
+    ask: SecretIn = await _optional_body(request, _SECRET_IN)
     if not 0 <= ask.keep_previous_for <= MAX_KEEP_PREVIOUS:
         raise Malformed(
             f"`keep_previous_for` is 0 to {MAX_KEEP_PREVIOUS} seconds (7 days)",
