@@ -36,6 +36,12 @@ def text_frame(payload: bytes) -> bytes:
     return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
 
 
+def _closing(p: MapstreamWebSocketProtocol) -> bool:
+    return (
+        p.disconnected or p.close_sent or p.conn.state is not State.OPEN or p.transport.is_closing()
+    )
+
+
 class DirectFrames:
     """Write whole text messages to one socket's transport, bypassing the ASGI send path.
 
@@ -52,19 +58,13 @@ class DirectFrames:
     def gone(self) -> bool:
         """The connection is closing or closed: nothing more can be written."""
         p = self._protocol()
-        return (
-            p is None
-            or p.disconnected
-            or p.close_sent
-            or p.conn.state is not State.OPEN
-            or p.transport.is_closing()
-        )
+        return p is None or _closing(p)
 
     def write(self, payload: bytes) -> bool:
         """Write one text message now; False when the socket cannot take it now (the transport
         is above its high-water mark, or the connection is closing: see `gone`)."""
         p = self._protocol()
-        if p is None or not p.writable.is_set() or self.gone:
+        if p is None or not p.writable.is_set() or _closing(p):
             return False
         p.transport.write(text_frame(payload))
         return True
